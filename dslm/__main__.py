@@ -1,0 +1,3 @@
+from dslm.cli import main
+
+main()

@@ -1,0 +1,120 @@
+"""The `dslm` command: one Fire verb per job, flags generated from the config dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from dslm.config import SECTIONS, ConfigError, RunConfig, all_fields
+
+DEBUG_FLAG = "--debug"
+
+
+def _quiet_libraries() -> None:
+    """Library chatter that says nothing actionable to a user; real failures still surface."""
+    import logging
+
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*torch.distributed.*deprecated.*")
+    for name in ("DeepSpeed", "deepspeed", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _take_launcher_flags(argv: list[str]) -> tuple[list[str], bool]:
+    """Remove what launchers and dslm itself add before Fire sees the arguments.
+
+    The DeepSpeed launcher inserts `--local_rank=N` right after the script, which a Fire CLI
+    with several commands rejects; the value belongs in LOCAL_RANK, where DeepSpeed reads it.
+    """
+    out, debug, i = [], False, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--local_rank=") or arg.startswith("--local-rank="):
+            os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1])
+        elif arg in ("--local_rank", "--local-rank") and i + 1 < len(argv):
+            os.environ.setdefault("LOCAL_RANK", argv[i + 1])
+            i += 1
+        elif arg == DEBUG_FLAG:
+            debug = True
+        else:
+            out.append(arg)
+        i += 1
+    return out, debug
+
+
+def _check_flag_names(args: list[str]) -> None:
+    """Fire runs a command before it complains about a flag it could not use: refuse typos first."""
+    known = set(all_fields())
+    bools = {f.name for f in all_fields().values() if f.type in ("bool", bool)}
+    for arg in args:
+        if arg in ("--", "--help", "-h"):
+            return
+        if not arg.startswith("--"):
+            continue
+        name = arg[2:].split("=", 1)[0].replace("-", "_")
+        if name in known or (name.startswith("no") and name[2:] in bools):
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean --{close[0]}?)" if close else ""
+        raise ConfigError(f"unknown flag --{name}{hint}: see `dslm train --help`")
+
+
+def _with_flags(fn: Callable[[RunConfig], Any], summary: str) -> Callable[..., Any]:
+    """Give `fn` a signature and docstring built from the config fields, so Fire's --help lists them."""
+
+    def command(**flags: Any) -> None:
+        fn(RunConfig.from_flags(**flags))
+
+    params, lines = [], []
+    for section in SECTIONS.values():
+        for f in dataclasses.fields(section):
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                            annotation=f.type))
+            lines.append(f"    {f.name}: {f.metadata['help']}")
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__doc__ = f"{summary}\n\nArgs:\n" + "\n".join(lines)
+    command.__name__ = fn.__name__
+    return command
+
+
+def _train(config: RunConfig) -> None:
+    from dslm.train import run
+
+    run(config)
+
+
+def _prepare(config: RunConfig) -> None:
+    from dslm.prepare import run
+
+    run(config)
+
+
+COMMANDS = {
+    "train": _with_flags(_train, "Pretrain or continue pretraining a model (mlm, clm or plm) on a DeepSpeed engine."),
+    "prepare": _with_flags(_prepare, "Train the tokenizer and tokenize the data into the cache, ahead of a launch."),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, debug = _take_launcher_flags(list(sys.argv[1:] if argv is None else argv))
+    _quiet_libraries()
+    import fire
+
+    try:
+        if args and args[0] in COMMANDS:
+            _check_flag_names(args[1:])
+        fire.Fire(COMMANDS, command=args, name="dslm")
+    except ConfigError as exc:
+        if debug:
+            raise
+        if int(os.environ.get("RANK", "0")) == 0:  # every rank runs the same checks: say it once
+            print(f"dslm: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)

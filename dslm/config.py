@@ -1,0 +1,254 @@
+"""Run settings: one dataclass per concern, each field with a default and one line of help.
+
+These dataclasses are the single source of truth: the CLI builds its flags (names, defaults,
+help) from them, and every other module reads settings from a validated `RunConfig`.
+Flag names follow Hugging Face's run_mlm.py / run_clm.py / run_plm.py and `TrainingArguments`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OBJECTIVES = ("mlm", "clm", "plm")
+DATA_SUFFIXES = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv",
+                 ".parquet": "parquet"}
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt")
+
+
+class ConfigError(ValueError):
+    """A problem with the user's input: printed as one line, no traceback."""
+
+
+def _help(text: str, default: Any = None) -> Any:
+    kw = {"default_factory": default} if callable(default) else {"default": default}
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    objective: str | None = _help("mlm, clm or plm; default: from the model (gpt2 -> clm, xlnet -> plm, else mlm)")
+    model_name_or_path: str | None = _help("pretrained model directory (or hub id) to continue pretraining")
+    model_type: str | None = _help("from scratch: bert, roberta, distilbert, gpt2, xlnet, ...; "
+                                   "default: a small bert when no model is given")
+    config_overrides: str | None = _help('from scratch: config overrides, e.g. "num_hidden_layers=4,hidden_size=256"')
+    tokenizer_name: str | None = _help("tokenizer directory; default: the model's, or one trained on the corpus")
+    vocab_size: int = _help("vocabulary size of a tokenizer trained on the corpus", 8000)
+    trust_remote_code: bool = _help("allow model code from the model directory (off: it runs arbitrary code)", False)
+
+
+@dataclass
+class ObjectiveConfig:
+    mlm_probability: float = _help("mlm: fraction of tokens masked", 0.15)
+    whole_word_mask: bool = _help("mlm: mask every sub-token of a chosen word together", False)
+    plm_probability: float = _help("plm: ratio of span length to surrounding context length", 1 / 6)
+    max_span_length: int = _help("plm: longest span of tokens masked", 5)
+
+
+@dataclass
+class DataConfig:
+    train_file: str | None = _help("training text: .txt, .json/.jsonl, .csv or .parquet")
+    validation_file: str | None = _help("validation text, same formats; default: a split of the training data")
+    dataset_name: str | None = _help("a dataset for datasets.load_dataset instead of files")
+    dataset_config_name: str | None = _help("the dataset's configuration name")
+    text_column: str | None = _help('column holding the text; default "text", else the only string column')
+    validation_split_percentage: float = _help("percent of the training data held out when there is no "
+                                               "validation data", 5.0)
+    max_seq_length: int = _help("tokens per example: block size when packing, truncation when line_by_line", 128)
+    line_by_line: bool = _help("one example per non-empty line, padded per batch, instead of packed blocks", False)
+    preprocessing_num_workers: int | None = _help("processes used to tokenize")
+    cache_dir: str | None = _help("where tokenized data is cached; default OUTPUT_DIR/cache")
+    overwrite_cache: bool = _help("rebuild the tokenized cache even when a matching one exists", False)
+    max_train_samples: int | None = _help("keep only the first N training examples (after packing)")
+    max_eval_samples: int | None = _help("keep only the first N validation examples (after packing)")
+    streaming: bool = _help("stream and tokenize on the fly, no cache (needs --max_steps)", False)
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = _help("where metrics, checkpoints and the final model go", "output")
+    overwrite_output_dir: bool = _help("start over in an output dir that already holds a run", False)
+    deepspeed: str = _help("DeepSpeed JSON config; 'auto' values are filled from these flags",
+                           "ds_configs/zero2.json")
+    per_device_train_batch_size: int = _help("micro batch per rank", 8)
+    per_device_eval_batch_size: int = _help("eval batch per rank", 8)
+    gradient_accumulation_steps: int = _help("micro batches per optimizer step", 1)
+    learning_rate: float = _help("peak learning rate (a pretraining default; the HF Trainer's 5e-5 suits "
+                                 "fine-tuning)", 5e-4)
+    weight_decay: float = _help("AdamW weight decay", 0.0)
+    adam_beta1: float = _help("AdamW beta1", 0.9)
+    adam_beta2: float = _help("AdamW beta2", 0.999)
+    adam_epsilon: float = _help("AdamW epsilon", 1e-8)
+    max_grad_norm: float = _help("gradient clipping norm (0 disables)", 1.0)
+    lr_scheduler_type: str = _help("linear, cosine, cosine_with_restarts, polynomial, constant, "
+                                   "constant_with_warmup or inverse_sqrt", "linear")
+    warmup_steps: int = _help("linear warmup steps", 0)
+    warmup_ratio: float = _help("warmup as a fraction of all steps (used when --warmup_steps is 0)", 0.0)
+    num_train_epochs: float = _help("epochs over the training data (ignored when --max_steps > 0)", 3.0)
+    max_steps: int = _help("optimizer steps; > 0 overrides --num_train_epochs", -1)
+    logging_steps: int = _help("log train figures every N steps", 50)
+    eval_steps: int | None = _help("evaluate every N steps; evaluation also runs before and after training")
+    save_steps: int = _help("save a sharded DeepSpeed checkpoint every N steps (0: only at the end)", 500)
+    seed: int = _help("random seed: the same seed and flags give the same losses", 42)
+    bf16: bool = _help("train in bfloat16 mixed precision", False)
+    fp16: bool = _help("train in float16 mixed precision (GPU only)", False)
+    dataloader_num_workers: int = _help("DataLoader worker processes per rank", 0)
+    do_train: bool = _help("accepted for run_mlm.py compatibility: dslm always trains", True)
+    do_eval: bool = _help("accepted for run_mlm.py compatibility: evaluation runs when there is "
+                          "validation data", True)
+
+
+SECTIONS = {"model": ModelConfig, "objective": ObjectiveConfig, "data": DataConfig, "train": TrainConfig}
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # Flags the user gave explicitly: a DeepSpeed JSON value may only contradict a default.
+    given: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_flags(cls, **flags: Any) -> RunConfig:
+        unknown = set(flags) - set(all_fields())
+        if unknown:
+            raise ConfigError(f"unknown flag --{sorted(unknown)[0]}: see `dslm train --help`")
+        sections = {}
+        for name, section_cls in SECTIONS.items():
+            values = {}
+            for f in dataclasses.fields(section_cls):
+                if f.name in flags:
+                    values[f.name] = coerce(f.name, flags[f.name], f.type)
+            sections[name] = section_cls(**values)
+        config = cls(**sections, given=frozenset(flags))
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        m, o, d, t = self.model, self.objective, self.data, self.train
+        if m.objective is not None and m.objective not in OBJECTIVES:
+            raise ConfigError(f"unknown --objective {m.objective!r}: use one of {', '.join(OBJECTIVES)}")
+        if m.model_name_or_path and m.model_type:
+            raise ConfigError("--model_name_or_path and --model_type conflict: give a model directory to "
+                              "continue pretraining, or a model type to start from scratch")
+        if m.model_name_or_path and m.config_overrides:
+            raise ConfigError("--config_overrides only applies from scratch: drop it or use --model_type")
+        for name, value in (("mlm_probability", o.mlm_probability), ("plm_probability", o.plm_probability)):
+            if not 0 < value < 1:
+                raise ConfigError(f"--{name} must be between 0 and 1 (exclusive), got {value}")
+        positive = {"vocab_size": m.vocab_size, "max_span_length": o.max_span_length,
+                    "max_seq_length": d.max_seq_length,
+                    "per_device_train_batch_size": t.per_device_train_batch_size,
+                    "per_device_eval_batch_size": t.per_device_eval_batch_size,
+                    "gradient_accumulation_steps": t.gradient_accumulation_steps,
+                    "learning_rate": t.learning_rate, "logging_steps": t.logging_steps}
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"--{name} must be positive, got {value}")
+        non_negative = {"weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
+                        "warmup_steps": t.warmup_steps, "save_steps": t.save_steps,
+                        "dataloader_num_workers": t.dataloader_num_workers, "adam_epsilon": t.adam_epsilon}
+        for name, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"--{name} must be zero or positive, got {value}")
+        for name in ("eval_steps", "max_train_samples", "max_eval_samples", "preprocessing_num_workers"):
+            value = getattr(t, name) if hasattr(t, name) else getattr(d, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{name} must be positive, got {value}")
+        if not 0 <= t.warmup_ratio < 1:
+            raise ConfigError(f"--warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
+        if not (0 <= t.adam_beta1 < 1 and 0 <= t.adam_beta2 < 1):
+            raise ConfigError("--adam_beta1 and --adam_beta2 must be in [0, 1)")
+        if t.max_steps <= 0 and t.num_train_epochs <= 0:
+            raise ConfigError("nothing to train: give --max_steps > 0 or --num_train_epochs > 0")
+        if t.lr_scheduler_type not in SCHEDULERS:
+            raise ConfigError(f"unknown --lr_scheduler_type {t.lr_scheduler_type!r}: use one of "
+                              f"{', '.join(SCHEDULERS)}")
+        if t.bf16 and t.fp16:
+            raise ConfigError("--bf16 and --fp16 conflict: pick one precision")
+        if not 0 <= d.validation_split_percentage < 100:
+            raise ConfigError("--validation_split_percentage must be in [0, 100), got "
+                              f"{d.validation_split_percentage}")
+        if d.dataset_name and (d.train_file or d.validation_file):
+            raise ConfigError("--dataset_name and --train_file/--validation_file conflict: use one data source")
+        if d.validation_file and not d.train_file:
+            raise ConfigError("--validation_file needs --train_file")
+        if d.streaming and t.max_steps <= 0:
+            raise ConfigError("--streaming needs --max_steps: a stream has no known length")
+        for name in ("train_file", "validation_file"):
+            path = getattr(d, name)
+            if path is not None:
+                check_data_file(name, path)
+
+    @property
+    def uses_builtin_corpus(self) -> bool:
+        return not (self.data.train_file or self.data.dataset_name)
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.data.cache_dir or Path(self.train.output_dir) / "cache")
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+
+def check_data_file(flag: str, path: str) -> None:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"--{flag} {path}: no such file; check the path")
+    if p.is_dir():
+        raise ConfigError(f"--{flag} {path} is a directory: give a file")
+    if p.suffix.lower() not in DATA_SUFFIXES:
+        raise ConfigError(f"--{flag} {path}: unsupported file type {p.suffix!r}; use one of "
+                          f"{', '.join(sorted(DATA_SUFFIXES))}")
+    if p.stat().st_size == 0:
+        raise ConfigError(f"--{flag} {path} is empty: give a file with text")
+
+
+def all_fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for section in SECTIONS.values() for f in dataclasses.fields(section)}
+
+
+def _base_type(annotation: Any) -> type:
+    hint = eval(annotation, {}, {}) if isinstance(annotation, str) else annotation  # noqa: S307 - our own hints
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Turn what Fire parsed into the field's type, or say which flag is wrong."""
+    target = _base_type(annotation)
+    if value is None:
+        return None
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1", "yes"):
+            return True
+        if str(value).lower() in ("false", "0", "no"):
+            return False
+    elif target is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif target is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    elif target is str:
+        if isinstance(value, (tuple, list)):  # Fire splits "a,b" into a tuple
+            return ",".join(str(v) for v in value)
+        return str(value)
+    raise ConfigError(f"--{name} expects {target.__name__}, got {value!r}")

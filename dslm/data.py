@@ -1,0 +1,356 @@
+"""Raw text -> tokenized -> packed blocks or lines, cached once per node and reused across runs."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from datasets import Dataset, DatasetDict
+from transformers import PreTrainedTokenizerBase
+
+from dslm import dist
+from dslm import tokenizer as tok
+from dslm.config import DATA_SUFFIXES, ConfigError, DataConfig, RunConfig
+
+CACHE_FORMAT = 1  # bump when the cached layout changes
+STREAM_TOKENIZER_TEXTS = 100_000  # texts read from a stream to train a tokenizer
+
+
+@dataclass
+class Prepared:
+    tokenizer: PreTrainedTokenizerBase
+    train: Dataset | StreamBlocks  # a stream with --streaming
+    validation: Dataset | None
+    fingerprint: str  # of the raw data, tokenizer and preprocessing: names the cache
+
+
+def builtin_texts() -> list[str]:
+    """English text every Python install carries: the topic help of the standard library's pydoc."""
+    from pydoc_data.topics import topics
+
+    return [topics[name] for name in sorted(topics)]
+
+
+def source_fingerprint(cfg: DataConfig) -> str:
+    """Identify the raw data without reading all of it: an edit changes size, time or the sampled bytes."""
+    h = hashlib.sha256()
+    if cfg.dataset_name:
+        h.update(f"hub:{cfg.dataset_name}:{cfg.dataset_config_name}".encode())
+    elif cfg.train_file:
+        for path in (cfg.train_file, cfg.validation_file):
+            if path:
+                stat = Path(path).stat()
+                h.update(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+                with open(path, "rb") as f:
+                    h.update(f.read(1 << 20))
+                    f.seek(max(0, stat.st_size - (1 << 20)))
+                    h.update(f.read(1 << 20))
+            h.update(b"\0")
+    else:
+        for text in builtin_texts():
+            h.update(text.encode())
+    h.update(f"|{cfg.text_column}|{cfg.validation_split_percentage}|{cfg.line_by_line}".encode())
+    return h.hexdigest()[:16]
+
+
+def _pick_text_column(ds: Dataset, wanted: str | None, where: str) -> str:
+    if wanted:
+        if wanted not in ds.column_names:
+            raise ConfigError(f"{where} has no column {wanted!r} (columns: {', '.join(ds.column_names)}): "
+                              f"pass --text_column with one of them")
+        return wanted
+    if "text" in ds.column_names:
+        return "text"
+    strings = [name for name, feat in ds.features.items()
+               if isinstance(feat, datasets.Value) and feat.dtype in ("string", "large_string")]
+    if len(strings) == 1:
+        return strings[0]
+    raise ConfigError(f"{where} has no 'text' column and {len(strings)} string columns "
+                      f"({', '.join(strings) or 'none'}): pass --text_column NAME")
+
+
+def _load_file(path: str, cache_dir: Path, text_column: str | None) -> Dataset:
+    builder = DATA_SUFFIXES[Path(path).suffix.lower()]
+    try:
+        ds = datasets.load_dataset(builder, data_files={"train": path}, split="train",
+                                   cache_dir=str(cache_dir / "datasets"))
+    except Exception as exc:  # datasets raises many types for unreadable input
+        raise ConfigError(f"cannot read {path} as {builder} ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}): check the file's format") from None
+    column = _pick_text_column(ds, text_column, path)
+    return ds.select_columns([column]).rename_column(column, "text") if column != "text" else ds.select_columns(
+        ["text"])
+
+
+def _non_empty(texts: list[str], line_by_line: bool) -> list[str]:
+    if line_by_line:
+        return [line for text in texts for line in text.splitlines() if line.strip()]
+    return [text for text in texts if text and text.strip()]
+
+
+def load_corpus(config: RunConfig) -> DatasetDict:
+    """Raw text splits with one 'text' column: files, a hub dataset, or the built-in corpus."""
+    cfg = config.data
+    validation = None
+    if cfg.dataset_name:
+        try:
+            loaded = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name,
+                                           cache_dir=str(config.cache_dir / "datasets"))
+        except Exception as exc:
+            raise ConfigError(f"cannot load dataset {cfg.dataset_name!r} ({type(exc).__name__}): check the name, "
+                              f"or use --train_file") from None
+        if "train" not in loaded:
+            raise ConfigError(f"dataset {cfg.dataset_name!r} has no train split (it has {', '.join(loaded)})")
+        column = _pick_text_column(loaded["train"], cfg.text_column, cfg.dataset_name)
+        train_texts = loaded["train"][column]
+        if "validation" in loaded:
+            validation = loaded["validation"][column]
+    elif cfg.train_file:
+        train_texts = _load_file(cfg.train_file, config.cache_dir, cfg.text_column)["text"]
+        if cfg.validation_file:
+            validation = _load_file(cfg.validation_file, config.cache_dir, cfg.text_column)["text"]
+    else:
+        train_texts = builtin_texts()
+    train_texts = _non_empty([t for t in train_texts if isinstance(t, str)], cfg.line_by_line)
+    if not train_texts:
+        raise ConfigError("the training data has no text: give a file with non-empty text")
+    if validation is not None:
+        validation = _non_empty([t for t in validation if isinstance(t, str)], cfg.line_by_line)
+        if not validation:
+            raise ConfigError("the validation data has no text: give a file with non-empty text")
+    elif cfg.validation_split_percentage > 0 and len(train_texts) > 1:
+        # Like run_mlm.py: the first N% of the training data is held out.
+        n_val = max(1, math.floor(len(train_texts) * cfg.validation_split_percentage / 100))
+        validation, train_texts = train_texts[:n_val], train_texts[n_val:]
+    splits = {"train": Dataset.from_dict({"text": train_texts})}
+    if validation:
+        splits["validation"] = Dataset.from_dict({"text": validation})
+    return DatasetDict(splits)
+
+
+def columns_for(objective: str, whole_word_mask: bool) -> list[str]:
+    """What the objective's collator needs beyond input_ids."""
+    if objective != "mlm":
+        return ["input_ids"]
+    return ["input_ids", "special_tokens_mask"] + (["offset_mapping"] if whole_word_mask else [])
+
+
+def _features(columns: list[str]) -> datasets.Features:
+    types = {"input_ids": datasets.Sequence(datasets.Value("int32")),
+             "special_tokens_mask": datasets.Sequence(datasets.Value("int8")),
+             "offset_mapping": datasets.Sequence(datasets.Sequence(datasets.Value("int32")))}
+    return datasets.Features({name: types[name] for name in columns})
+
+
+def encoder(tokenizer: PreTrainedTokenizerBase, columns: list[str], *, line_by_line: bool,
+            max_seq_length: int) -> Callable[[list[str]], dict[str, list]]:
+    """texts -> the `columns` of each, as lists: what both the cached map and the stream run."""
+    # Packed documents need a boundary: tokenizers that add no special tokens (GPT-2) get an EOS.
+    add_eos = not line_by_line and tokenizer.eos_token_id is not None and not tokenizer(
+        "a", add_special_tokens=True)["input_ids"].count(tokenizer.eos_token_id)
+
+    def encode(texts: list[str]) -> dict[str, list]:
+        enc = tokenizer(texts, truncation=line_by_line, max_length=max_seq_length if line_by_line else None,
+                        return_special_tokens_mask="special_tokens_mask" in columns,
+                        return_offsets_mapping="offset_mapping" in columns, verbose=False)
+        out = {name: enc[name] for name in columns}
+        if add_eos:
+            for name, extra in (("input_ids", tokenizer.eos_token_id), ("special_tokens_mask", 1),
+                                ("offset_mapping", (0, 0))):
+                if name in out:
+                    out[name] = [row + [extra] for row in out[name]]
+        return out
+
+    return encode
+
+
+def tokenize(ds: Dataset, tokenizer: PreTrainedTokenizerBase, columns: list[str], *, line_by_line: bool,
+             max_seq_length: int, num_proc: int | None) -> Dataset:
+    encode = encoder(tokenizer, columns, line_by_line=line_by_line, max_seq_length=max_seq_length)
+    return ds.map(lambda batch: encode(batch["text"]), batched=True, batch_size=1000, num_proc=num_proc,
+                  remove_columns=ds.column_names, features=_features(columns), desc="tokenizing")
+
+
+def stream_texts(config: RunConfig) -> Iterator[str]:
+    """One pass over the training texts without loading them all: for --streaming."""
+    cfg = config.data
+    if cfg.dataset_name:
+        rows = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name, split="train", streaming=True)
+    elif cfg.train_file:
+        builder = DATA_SUFFIXES[Path(cfg.train_file).suffix.lower()]
+        rows = datasets.load_dataset(builder, data_files={"train": cfg.train_file}, split="train", streaming=True)
+    else:
+        rows = ({"text": text} for text in builtin_texts())
+    column = cfg.text_column
+    for row in rows:
+        if column is None:
+            strings = [k for k, v in row.items() if isinstance(v, str)]
+            column = "text" if "text" in row else (strings[0] if len(strings) == 1 else None)
+            if column is None:
+                raise ConfigError(f"the training data has no 'text' column and {len(strings)} string columns: "
+                                  f"pass --text_column NAME")
+        yield from _non_empty([row.get(column) or ""], cfg.line_by_line)
+
+
+class StreamBlocks(torch.utils.data.IterableDataset):
+    """Tokenize and pack on the fly; each rank (and DataLoader worker) reads every n-th text."""
+
+    def __init__(self, config: RunConfig, tokenizer: PreTrainedTokenizerBase, columns: list[str]) -> None:
+        self.config, self.columns = config, columns
+        self.encode = encoder(tokenizer, columns, line_by_line=config.data.line_by_line,
+                              max_seq_length=config.data.max_seq_length)
+
+    def __iter__(self) -> Iterator[dict[str, list]]:
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        shards, shard = dist.world_size() * workers, dist.rank() * workers + worker
+        texts = (t for i, t in enumerate(stream_texts(self.config)) if i % shards == shard)
+        block = self.config.data.max_seq_length
+        buffers: dict[str, list] = {name: [] for name in self.columns}
+        for batch in itertools.batched(texts, 1000) if hasattr(itertools, "batched") else _batched(texts, 1000):
+            enc = self.encode(list(batch))
+            if self.config.data.line_by_line:
+                for i in range(len(enc["input_ids"])):
+                    yield {name: enc[name][i] for name in self.columns}
+                continue
+            for name in self.columns:
+                buffers[name].extend(x for row in enc[name] for x in row)
+            while len(buffers["input_ids"]) >= block:  # the carry-over crosses batches: no tokens dropped
+                yield {name: buffers[name][:block] for name in self.columns}
+                for name in self.columns:
+                    del buffers[name][:block]
+
+
+def _batched(items: Iterator, n: int) -> Iterator[tuple]:
+    while chunk := tuple(itertools.islice(items, n)):
+        yield chunk
+
+
+def pack(ds: Dataset, block: int) -> Dataset:
+    """Concatenate every token of the split and cut it into `block`-token rows.
+
+    run_*lm.py group texts inside each map batch and drop the tail of every batch; this packs the
+    whole split at once (zero-copy in Arrow), so only the final partial block is dropped.
+    """
+    table = ds.data.table
+    columns = {}
+    for name in ds.column_names:
+        flat = pc.list_flatten(table.column(name)).combine_chunks()
+        n_blocks = len(flat) // block
+        columns[name] = pa.FixedSizeListArray.from_arrays(flat.slice(0, n_blocks * block), block)
+    return Dataset(datasets.table.InMemoryTable(pa.table(columns)))
+
+
+def _build(config: RunConfig, corpus: DatasetDict, tokenizer: PreTrainedTokenizerBase, columns: list[str],
+           out: Path) -> None:
+    cfg = config.data
+    splits = {}
+    for split, raw in corpus.items():
+        ds = tokenize(raw, tokenizer, columns, line_by_line=cfg.line_by_line, max_seq_length=cfg.max_seq_length,
+                      num_proc=cfg.preprocessing_num_workers)
+        if not cfg.line_by_line:
+            n_tokens = pc.sum(pc.list_value_length(ds.data.table.column("input_ids"))).as_py() or 0
+            ds = pack(ds, cfg.max_seq_length)
+            if len(ds) == 0:
+                raise ConfigError(f"the {split} data has {n_tokens} tokens, fewer than one --max_seq_length block "
+                                  f"of {cfg.max_seq_length}: give more text or a smaller --max_seq_length")
+        splits[split] = ds
+    DatasetDict(splits).save_to_disk(str(out))
+    (out / "dslm_cache.json").write_text(json.dumps({"format": CACHE_FORMAT, "columns": columns}))
+
+
+def _write_atomically(target: Path, write) -> None:
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    tmp.mkdir(parents=True)
+    write(tmp)
+    try:
+        tmp.rename(target)
+    except OSError:  # a node sharing this file system got there first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+
+
+def prepare(config: RunConfig, family: str, objective: str) -> Prepared:
+    """Tokenizer and tokenized splits, built by one rank per node and cached for later runs."""
+    cfg = config.data
+    source = source_fingerprint(cfg)
+    cache = config.cache_dir
+    tokenizer_source = config.model.tokenizer_name or config.model.model_name_or_path
+    corpus: DatasetDict | None = None
+
+    def get_corpus() -> DatasetDict:  # read by the tokenizer training and the tokenization: load once
+        nonlocal corpus
+        if corpus is None and cfg.streaming:  # only validation is cached; training text streams
+            corpus = DatasetDict()
+            if cfg.validation_file:
+                texts = _non_empty(_load_file(cfg.validation_file, cache, cfg.text_column)["text"], cfg.line_by_line)
+                corpus["validation"] = Dataset.from_dict({"text": texts})
+        elif corpus is None:
+            corpus = load_corpus(config)
+        return corpus
+
+    if tokenizer_source is None:
+        key = hashlib.sha256(f"{source}|{family}|{config.model.vocab_size}".encode()).hexdigest()[:16]
+        tokenizer_dir = cache / f"tokenizer-{key}"
+        if cfg.overwrite_cache and dist.local_rank() == 0:
+            _remove(tokenizer_dir)
+        dist.barrier()
+
+        # WordPiece and Unigram training assign ids to tied tokens in no fixed order, so one rank
+        # trains and every node receives its files: all ranks must agree on every id.
+        files = None
+        if dist.rank() == 0:
+            if not tokenizer_dir.exists():
+                if cfg.streaming:  # a sample of the stream is enough to learn a vocabulary
+                    texts = list(itertools.islice(stream_texts(config), STREAM_TOKENIZER_TEXTS))
+                else:
+                    texts = get_corpus()["train"]["text"]
+                batches = (texts[i:i + 1000] for i in range(0, len(texts), 1000))
+                trained = tok.train(family, batches, config.model.vocab_size)
+                _write_atomically(tokenizer_dir, lambda tmp: trained.save_pretrained(str(tmp)))
+            files = {p.name: p.read_bytes() for p in tokenizer_dir.iterdir()}
+        files = dist.broadcast(files)
+        if dist.local_rank() == 0 and not tokenizer_dir.exists():
+            _write_atomically(tokenizer_dir, lambda tmp: [(tmp / n).write_bytes(b) for n, b in files.items()])
+        dist.barrier()
+        tokenizer_source = str(tokenizer_dir)
+    tokenizer = tok.load(tokenizer_source, config.model.trust_remote_code)
+
+    columns = columns_for(objective, config.objective.whole_word_mask)
+    params = (f"{source}|{tok.fingerprint(tokenizer)}|{cfg.max_seq_length}|{cfg.line_by_line}|{columns}|"
+              f"{cfg.streaming}|{CACHE_FORMAT}")
+    fingerprint = hashlib.sha256(params.encode()).hexdigest()[:16]
+    if cfg.streaming and not cfg.validation_file:  # nothing to cache
+        return Prepared(tokenizer, StreamBlocks(config, tokenizer, columns), None, fingerprint)
+    data_dir = cache / f"tokenized-{fingerprint}"
+    if cfg.overwrite_cache and dist.local_rank() == 0:
+        _remove(data_dir)
+    dist.barrier()
+    dist.build_once_per_node(data_dir, lambda out: _build(config, get_corpus(), tokenizer, columns, out),
+                             "tokenized data")
+    splits = datasets.load_from_disk(str(data_dir))
+    validation = splits.get("validation")
+    if validation is not None and cfg.max_eval_samples:
+        validation = validation.select(range(min(cfg.max_eval_samples, len(validation))))
+    if cfg.streaming:
+        return Prepared(tokenizer, StreamBlocks(config, tokenizer, columns), validation, fingerprint)
+    train = splits["train"]
+    if cfg.max_train_samples:
+        train = train.select(range(min(cfg.max_train_samples, len(train))))
+    return Prepared(tokenizer, train.with_format("python"), validation, fingerprint)
+

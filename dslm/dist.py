@@ -1,0 +1,98 @@
+"""Process-group setup and the few rank helpers the rest of dslm needs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init() -> None:
+    """Join the launcher's process group, or make a one-rank group for a plain `dslm train`."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if "RANK" not in os.environ:  # a plain process, not started by deepspeed or torchrun
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    # Without LOCAL_RANK DeepSpeed falls back to MPI discovery (and fails without mpi4py).
+    os.environ.setdefault("LOCAL_RANK", os.environ.get("RANK", "0"))
+    backend = "gloo" if get_accelerator().device_name() == "cpu" else None
+    deepspeed.init_distributed(dist_backend=backend)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def build_once_per_node(target: Path, build: Callable[[Path], None], what: str) -> None:
+    """Build `target` on local rank 0 while the node's other ranks wait on the file system.
+
+    Waiting by polling rather than in a collective keeps a long tokenization from tripping the
+    process group's timeout. The build writes into a temporary directory that is renamed into
+    place, so a reader never sees half a build and nodes sharing a file system cannot collide.
+    """
+    failed = target.with_name(target.name + ".failed")
+    if local_rank() == 0:
+        if not target.exists():
+            failed.unlink(missing_ok=True)
+            tmp = target.with_name(f"{target.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+            try:
+                build(tmp)
+            except BaseException as exc:
+                failed.parent.mkdir(parents=True, exist_ok=True)
+                failed.write_text(f"{type(exc).__name__}: {exc}")
+                raise
+            try:
+                tmp.rename(target)
+            except OSError:  # another node sharing the file system finished first
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        started = time.time() - 1
+        while not target.exists():
+            if failed.exists() and failed.stat().st_mtime >= started:
+                raise RuntimeError(f"local rank 0 failed to build the {what}: {failed.read_text()}")
+            time.sleep(0.5)
+    barrier()

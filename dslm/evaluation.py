@@ -1,0 +1,63 @@
+"""Loss, perplexity and token accuracy over a whole validation set, each example counted once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from datasets import Dataset
+
+from dslm.metrics import perplexity
+
+
+def token_stats(logits: torch.Tensor, labels: torch.Tensor, objective: str) -> torch.Tensor:
+    """[summed loss, correct predictions, predicted tokens] of one batch."""
+    if objective == "clm":  # position t predicts token t + 1
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    logits = logits.float().flatten(0, 1)
+    labels = labels.flatten()
+    counted = labels != -100
+    loss = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+    correct = ((logits.argmax(-1) == labels) & counted).sum()
+    return torch.stack([loss, correct.float(), counted.sum().float()])
+
+
+@torch.no_grad()
+def evaluate(model: Callable[..., Any], dataset: Dataset, collate: Callable, objective: str, batch_size: int,
+             device: torch.device, seed: int) -> dict[str, float]:
+    """Batch b holds examples [b*B, (b+1)*B) and is masked with seed + b, whatever the world size.
+
+    So the figures do not depend on how many ranks evaluate, and a reloaded model evaluated in one
+    process sees exactly the batches the engine saw. Every rank runs the same number of forward
+    passes (ZeRO-3 gathers parameters collectively inside forward); extra passes are not counted.
+    """
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    n_batches = -(-len(dataset) // batch_size)
+    rounds = -(-n_batches // world)
+    totals = torch.zeros(3, device=device, dtype=torch.float64)
+    was_training = getattr(model, "training", False)
+    model.eval()
+    for r in range(rounds):
+        b = r * world + rank
+        counted = b < n_batches
+        b = b if counted else 0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + b)
+            batch = collate([dataset[i] for i in range(b * batch_size, min((b + 1) * batch_size, len(dataset)))])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        logits = model(**batch).logits
+        if counted:
+            totals += token_stats(logits, labels, objective).double()
+    if was_training:
+        model.train()
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    loss_sum, correct, count = totals.tolist()
+    loss = loss_sum / max(count, 1)
+    return {"eval/loss": loss, "eval/perplexity": perplexity(loss), "eval/accuracy": correct / max(count, 1),
+            "eval/tokens": int(count)}

@@ -1,0 +1,18 @@
+"""`dslm prepare`: build the tokenizer and the tokenized cache ahead of a (multi-node) launch."""
+
+from __future__ import annotations
+
+from dslm import data, model, objectives
+from dslm.config import RunConfig
+
+
+def run(config: RunConfig) -> data.Prepared:
+    family = model.family(config)
+    objective = config.model.objective or objectives.default_objective(family)
+    objectives.check(objective, family)
+    model.fit_positions(model.load_config(config), config)
+    prepared = data.prepare(config, family, objective)
+    n_val = len(prepared.validation) if prepared.validation is not None else 0
+    print(f"prepared {len(prepared.train)} train / {n_val} eval examples for {objective} ({family}) "
+          f"in {config.cache_dir} (fingerprint {prepared.fingerprint}); `dslm train` with the same flags reuses it")
+    return prepared

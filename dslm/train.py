@@ -1,0 +1,257 @@
+"""The training run: checks, data, engine, then one flat loop of step / log / eval / save."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from dslm import checkpoint, data, dist, ds_config, evaluation, metrics, model, objectives
+from dslm.config import ConfigError, RunConfig
+
+RUN_OUTPUTS = ("checkpoints", "final", "metrics.jsonl", "results.json", "ds_config.json", "run_config.json")
+
+
+def check_output_dir(config: RunConfig) -> None:
+    out = Path(config.train.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output_dir {out} is a file: choose a directory")
+    previous = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    if previous and not config.train.overwrite_output_dir:
+        raise ConfigError(f"--output_dir {out} already holds a run ({', '.join(previous)}): pass "
+                          f"--overwrite_output_dir to start over, or choose another --output_dir")
+
+
+def clear_previous_run(out: Path) -> None:
+    """Only once the new run is ready to train: a failed start must not lose the old outputs."""
+    for name in RUN_OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def schedule(n_train: int, config: RunConfig, world: int) -> tuple[int, int, int]:
+    """(micro batches per epoch per rank, optimizer steps, warmup steps)."""
+    t = config.train
+    micro_per_epoch = n_train // (t.per_device_train_batch_size * world)
+    steps_per_epoch = micro_per_epoch // t.gradient_accumulation_steps
+    if steps_per_epoch == 0 and t.max_steps <= 0:
+        raise ConfigError(f"the training set has {n_train} examples, fewer than one global batch "
+                          f"({t.per_device_train_batch_size} x {world} ranks x {t.gradient_accumulation_steps} "
+                          f"accumulation): give more data or a smaller batch")
+    if micro_per_epoch == 0:
+        raise ConfigError(f"the training set has {n_train} examples, fewer than one micro batch per rank "
+                          f"({t.per_device_train_batch_size} x {world} ranks): give more data or a smaller batch")
+    total = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * steps_per_epoch)
+    warmup = t.warmup_steps or math.ceil(t.warmup_ratio * total)
+    return micro_per_epoch, total, warmup
+
+
+def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Like the HF Trainer: no weight decay on biases and normalization weights."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def micro_batches(loader: DataLoader, sampler: DistributedSampler | None, epoch: int):
+    """Endless stream of (epoch, batch); each epoch reshuffles with seed + epoch (a stream restarts)."""
+    while True:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        for batch in loader:
+            yield epoch, batch
+        epoch += 1
+
+
+def run(config: RunConfig) -> dict[str, Any]:
+    t = config.train
+    out = Path(t.output_dir)
+    # Everything that can be checked cheaply is checked before the process group or any output exists.
+    family = model.family(config)
+    objective = config.model.objective or objectives.default_objective(family)
+    objectives.check(objective, family)
+    if objective == "plm" and config.data.max_seq_length % 2:
+        raise ConfigError(f"--objective plm needs an even --max_seq_length (got {config.data.max_seq_length})")
+    model_config = model.load_config(config)
+    model.fit_positions(model_config, config)
+    ds_source = str(ds_config.locate(t.deepspeed))
+    ds_raw = ds_config.load(t.deepspeed)
+    check_output_dir(config)
+
+    import deepspeed
+    import transformers
+    from deepspeed.accelerator import get_accelerator
+
+    on_cpu = get_accelerator().device_name() == "cpu"
+    if on_cpu and t.fp16:
+        raise ConfigError("--fp16 needs a GPU and this machine has none: use --bf16")
+    dist.init()
+    world, rank = dist.world_size(), dist.rank()
+    tracker_enabled = dist.is_main()
+    transformers.logging.set_verbosity_error()  # advisory warnings; dslm reports what matters
+    say = print if tracker_enabled else (lambda *a, **k: None)
+    if config.uses_builtin_corpus:
+        say("data: the built-in corpus (Python's pydoc topics); give --train_file or --dataset_name for your own")
+    out.mkdir(parents=True, exist_ok=True)
+
+    transformers.set_seed(t.seed)
+    prepared = data.prepare(config, family, objective)
+    if prepared.validation is None:
+        say("no validation data: evaluation is skipped")
+    module = model.build(config, model_config, objective, prepared.tokenizer)
+    streaming = config.data.streaming
+    if streaming:  # a stream has no length: --max_steps (required) sets the schedule
+        micro_per_epoch, total_steps = None, t.max_steps
+        warmup = t.warmup_steps or math.ceil(t.warmup_ratio * total_steps)
+    else:
+        micro_per_epoch, total_steps, warmup = schedule(len(prepared.train), config, world)
+    hidden = getattr(module.config, "hidden_size", None)
+    ds = ds_config.resolve(ds_raw, config, world_size=world, total_steps=total_steps, warmup_steps=warmup,
+                           hidden_size=hidden, on_cpu=on_cpu, source=ds_source)
+    scheduler = None
+    if "scheduler" not in ds:
+        def scheduler(optimizer):  # noqa: E306 - DeepSpeed calls this with the optimizer it built
+            return transformers.get_scheduler(t.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
+                                              num_training_steps=total_steps)
+    optimizer = None
+    if "optimizer" not in ds:
+        optimizer = torch.optim.AdamW(param_groups(module, t.weight_decay), lr=t.learning_rate,
+                                      betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon)
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
+                                           model_parameters=param_groups(module, t.weight_decay),
+                                           lr_scheduler=scheduler, config=ds)
+    # Same initial weights on every rank, different masks and dropout per rank from here on.
+    torch.manual_seed(t.seed + rank)
+
+    collate = objectives.Collator(objective, prepared.tokenizer, config.objective)
+    sampler = None if streaming else DistributedSampler(prepared.train, num_replicas=world, rank=rank,
+                                                        shuffle=True, seed=t.seed, drop_last=True)
+    loader = DataLoader(prepared.train, batch_size=t.per_device_train_batch_size, sampler=sampler,
+                        collate_fn=collate, drop_last=True, num_workers=t.dataloader_num_workers,
+                        pin_memory=not on_cpu, persistent_workers=t.dataloader_num_workers > 0)
+
+    def run_eval() -> dict[str, float]:
+        if prepared.validation is None:
+            return {}
+        return evaluation.evaluate(engine, prepared.validation, collate, objective, t.per_device_eval_batch_size,
+                                   engine.device, t.seed)
+
+    n_params = sum(p.numel() for p in module.parameters()) if ds_config.zero_stage(ds) < 3 else sum(
+        getattr(p, "ds_numel", p.numel()) for p in module.parameters())
+    tokens_per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps * world * \
+        config.data.max_seq_length
+    if dist.is_main():
+        clear_previous_run(out)
+        (out / "ds_config.json").write_text(json.dumps(ds, indent=2))
+        (out / "run_config.json").write_text(json.dumps({**config.to_dict(), "objective_resolved": objective,
+                                                         "model_type": family}, indent=2))
+    say(f"{objective} | {family} {n_params / 1e6:.2f}M params | ZeRO-{ds_config.zero_stage(ds)} | {world} ranks | "
+        f"{'streamed' if streaming else len(prepared.train)} train / {len(prepared.validation or [])} eval examples of "
+        f"{config.data.max_seq_length} tokens | {total_steps} steps of {tokens_per_step} tokens | "
+        f"output {out}")
+
+    tracker = metrics.Tracker(out, total_steps, enabled=tracker_enabled)
+    before = run_eval()
+    if before:
+        tracker.log(0, before)
+        tracker.print(f"eval before training: loss {before['eval/loss']:.4f} "
+                      f"perplexity {before['eval/perplexity']:.2f} accuracy {before['eval/accuracy']:.4f}")
+
+    gas = t.gradient_accumulation_steps
+    stage = ds_config.zero_stage(ds)
+    own_norm = None
+    step, epoch, samples = 0, 0, 0
+    window = torch.zeros(3, device=engine.device)  # [summed loss, micro batches, tokens] since the last log
+    last_log = start = time.perf_counter()
+    engine.train()
+    stream = micro_batches(loader, sampler, epoch)
+    losses_for_result = []
+    while step < total_steps:
+        logging_now = (step + 1) % t.logging_steps == 0 or step + 1 == total_steps
+        for micro in range(gas):
+            epoch, batch = next(stream)
+            # Counted on the CPU copy: no device sync in the hot loop.
+            n_tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+            batch = {k: v.to(engine.device, non_blocking=True) for k, v in batch.items()}
+            loss = engine(**batch).loss
+            engine.backward(loss)
+            if logging_now and micro == gas - 1 and stage == 0:
+                # Without ZeRO DeepSpeed reports no gradient norm; the averaged grads are here until step().
+                own_norm = torch.nn.utils.get_total_norm([p.grad for p in module.parameters() if p.grad is not None])
+            engine.step()
+            window[0] += loss.detach().float()
+            window[1] += 1
+            window[2] += n_tokens
+            samples += t.per_device_train_batch_size * world
+        step += 1
+        tracker.advance()
+
+        if step % t.logging_steps == 0 or step == total_steps:
+            torch.distributed.all_reduce(window)
+            now = time.perf_counter()
+            train_loss = (window[0] / window[1]).item()
+            grad_norm = engine.get_global_grad_norm() if stage else own_norm
+            figures = {
+                "train/loss": train_loss,
+                "train/learning_rate": engine.get_lr()[0],
+                "train/grad_norm": float(grad_norm) if grad_norm is not None else None,
+                "train/epoch": epoch if streaming else samples / (micro_per_epoch * t.per_device_train_batch_size
+                                                                  * world),
+                "train/tokens_seen": step * tokens_per_step,
+                "perf/tokens_per_second": window[2].item() / (now - last_log),
+                "perf/samples_per_second": window[1].item() * t.per_device_train_batch_size / (now - last_log),
+                "perf/step_time": (now - last_log) / (window[1].item() / world / gas),
+                **metrics.memory_figures(),
+            }
+            losses_for_result.append(train_loss)
+            window.zero_()
+            last_log = now
+            tracker.log(step, figures)
+        if t.eval_steps and step % t.eval_steps == 0 and step != total_steps:
+            figures = run_eval()
+            if figures:
+                tracker.log(step, figures)
+                tracker.print(f"step {step}: eval loss {figures['eval/loss']:.4f} "
+                              f"perplexity {figures['eval/perplexity']:.2f}")
+        if t.save_steps and step % t.save_steps == 0 and step != total_steps:
+            checkpoint.save(engine, out, step, {"step": step, "epoch": epoch, "samples": samples})
+    train_time = time.perf_counter() - start
+    tracker.close()
+
+    after = run_eval()
+    if after:
+        tracker.log(step, after)
+    final_ckpt = checkpoint.save(engine, out, step, {"step": step, "epoch": epoch, "samples": samples})
+    dist.barrier()
+    if dist.is_main():
+        state = checkpoint.consolidated_state_dict(final_ckpt, ds_config.zero_stage(ds))
+        checkpoint.export(state, module.config, objective, prepared.tokenizer, out / "final")
+    dist.barrier()
+
+    results = {
+        "objective": objective, "model_type": family, "world_size": world, "zero_stage": ds_config.zero_stage(ds),
+        "data_fingerprint": prepared.fingerprint,
+        "train": {"steps": step, "samples": samples, "tokens": step * tokens_per_step,
+                  "loss": losses_for_result[-1] if losses_for_result else None, "runtime_s": train_time,
+                  "tokens_per_second": step * tokens_per_step / train_time if train_time else None},
+        "eval_before": before, "eval": after,
+    }
+    if dist.is_main():
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        summary = f"done: {step} steps in {train_time:.0f}s ({results['train']['tokens_per_second']:.0f} tokens/s)"
+        if before and after:
+            summary += (f"; eval perplexity {before['eval/perplexity']:.2f} -> {after['eval/perplexity']:.2f}, "
+                        f"accuracy {before['eval/accuracy']:.3f} -> {after['eval/accuracy']:.3f}")
+        print(summary + f"; model in {out / 'final'}", flush=True)
+    return results

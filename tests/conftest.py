@@ -1,0 +1,92 @@
+"""Shared helpers: tiny models per family and real launches of dslm in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCH = str(ROOT / "launch" / "train.py")
+
+# A few hundred thousand parameters: each family trains for real in seconds on a CPU.
+TINY = {
+    "bert": "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64",
+    "roberta": "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64",
+    "distilbert": "dim=32,n_layers=2,n_heads=2,hidden_dim=64",
+    "gpt2": "n_embd=32,n_layer=2,n_head=2",
+    "xlnet": "d_model=32,n_layer=2,n_head=2,d_inner=64",
+}
+
+
+def tiny_flags(family: str, output_dir: Path, *extra: str, steps: int = 6) -> list[str]:
+    return ["--model_type", family, "--config_overrides", TINY[family], "--vocab_size", "600",
+            "--max_seq_length", "64", "--max_steps", str(steps), "--logging_steps", "2",
+            "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--learning_rate", "2e-3",
+            "--max_eval_samples", "32", "--output_dir", str(output_dir), *extra]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
+    e["PYTHONUNBUFFERED"] = "1"
+    e.pop("RANK", None)
+    e.pop("LOCAL_RANK", None)
+    e.pop("WORLD_SIZE", None)
+    return e
+
+
+def run(cmd: list[str], cwd: Path = ROOT, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
+                             f"--- stderr\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def dslm(*args: str, **kw) -> subprocess.CompletedProcess:
+    exe = shutil.which("dslm") or str(Path(sys.executable).parent / "dslm")
+    return run([exe, *args], **kw)
+
+
+def deepspeed(nproc: int, *args: str, **kw) -> subprocess.CompletedProcess:
+    exe = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
+    return run([exe, "--num_gpus", str(nproc), "--master_port", str(free_port()), LAUNCH, *args], **kw)
+
+
+def torchrun(nproc: int, *args: str, **kw) -> subprocess.CompletedProcess:
+    exe = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    return run([exe, "--nproc_per_node", str(nproc), "--master_port", str(free_port()), LAUNCH, *args], **kw)
+
+
+def metrics(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(output_dir: Path) -> list[float]:
+    return [m["train/loss"] for m in metrics(output_dir) if "train/loss" in m]
+
+
+def results(output_dir: Path) -> dict:
+    return json.loads((output_dir / "results.json").read_text())
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    from dslm.data import builtin_texts
+
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(builtin_texts()[:30]))
+    return path

@@ -1,0 +1,152 @@
+import json
+
+import pandas as pd
+import pytest
+from transformers import AutoTokenizer
+
+from dslm import data
+from dslm.config import ConfigError, RunConfig
+
+
+def prepare(tmp_path, **flags):
+    flags.setdefault("output_dir", str(tmp_path / "out"))
+    flags.setdefault("model_type", "bert")
+    flags.setdefault("vocab_size", 500)
+    config = RunConfig.from_flags(**flags)
+    return data.prepare(config, config.model.model_type, "mlm")
+
+
+def test_packing_keeps_every_token_but_the_last_partial_block(tmp_path):
+    tokenizer = prepare(tmp_path, max_seq_length=64).tokenizer
+    corpus = data.load_corpus(RunConfig.from_flags(output_dir=str(tmp_path / "o2")))
+    columns = data.columns_for("mlm", whole_word_mask=True)
+    for split in ("train", "validation"):
+        texts = corpus[split]["text"]
+        expected = [i for text in texts for i in tokenizer(text)["input_ids"]]
+        tokenized = data.tokenize(corpus[split], tokenizer, columns, line_by_line=False, max_seq_length=64,
+                                  num_proc=None)
+        packed = data.pack(tokenized, 64)
+        flat = [i for row in packed["input_ids"] for i in row]
+        assert len(flat) == len(expected) // 64 * 64  # only the final partial block is dropped
+        assert flat == expected[:len(flat)]  # same tokens, same order
+        assert all(len(row) == 64 for row in packed["offset_mapping"])
+        assert len(packed["special_tokens_mask"][0]) == 64
+
+
+def test_packing_beats_run_mlm_per_batch_grouping(tmp_path):
+    """run_mlm.py groups inside each map batch of 1000 texts and drops every batch's tail."""
+    tokenizer = prepare(tmp_path, max_seq_length=64).tokenizer
+    lines = [f"line number {i} of a corpus with many short lines" for i in range(3000)]
+    from datasets import Dataset
+
+    ds = data.tokenize(Dataset.from_dict({"text": lines}), tokenizer, ["input_ids"], line_by_line=False,
+                       max_seq_length=64, num_proc=None)
+    total = sum(len(r) for r in ds["input_ids"])
+    per_batch_kept = sum(sum(len(r) for r in ds["input_ids"][i:i + 1000]) // 64 * 64 for i in range(0, 3000, 1000))
+    assert len(data.pack(ds, 64)) * 64 == total // 64 * 64 > per_batch_kept
+
+
+def test_gpt2_documents_are_separated_by_eos(tmp_path):
+    config = RunConfig.from_flags(output_dir=str(tmp_path), model_type="gpt2", vocab_size=400, max_seq_length=32)
+    prepared = data.prepare(config, "gpt2", "clm")
+    eos = prepared.tokenizer.eos_token_id
+    flat = [i for row in prepared.train["input_ids"] for i in row]
+    n_docs = len(data.load_corpus(config)["train"])
+    # One EOS closes each document; the last may sit in the dropped partial block.
+    assert flat.count(eos) in (n_docs - 1, n_docs)
+    assert prepared.train.column_names == ["input_ids"]
+
+
+def test_line_by_line_keeps_non_empty_lines_truncated(tmp_path, text_file):
+    prepared = prepare(tmp_path, train_file=str(text_file), line_by_line=True, max_seq_length=16,
+                       validation_split_percentage=10)
+    lines = [ln for ln in text_file.read_text().splitlines() if ln.strip()]
+    assert len(prepared.train) + len(prepared.validation) == len(lines)
+    assert max(len(r) for r in prepared.train["input_ids"]) == 16
+    assert min(len(r) for r in prepared.train["input_ids"]) < 16
+
+
+def test_cache_is_reused_and_rebuilt_when_inputs_change(tmp_path, text_file):
+    out = tmp_path / "out"
+    first = prepare(tmp_path, train_file=str(text_file), output_dir=str(out), max_seq_length=32)
+    cache = out / "cache" / f"tokenized-{first.fingerprint}"
+    stamp = (cache / "dslm_cache.json").stat().st_mtime_ns
+    again = prepare(tmp_path, train_file=str(text_file), output_dir=str(out), max_seq_length=32)
+    assert again.fingerprint == first.fingerprint
+    assert (cache / "dslm_cache.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+    longer = prepare(tmp_path, train_file=str(text_file), output_dir=str(out), max_seq_length=48)
+    assert longer.fingerprint != first.fingerprint
+    text_file.write_text(text_file.read_text() + "\nOne more line of text at the end.")
+    edited = prepare(tmp_path, train_file=str(text_file), output_dir=str(out), max_seq_length=32)
+    assert edited.fingerprint != first.fingerprint
+    other_tok = prepare(tmp_path, train_file=str(text_file), output_dir=str(out), max_seq_length=32, vocab_size=450)
+    assert other_tok.fingerprint != edited.fingerprint
+
+    prepare(tmp_path, train_file=str(text_file), output_dir=str(out), max_seq_length=32, overwrite_cache=True)
+    rebuilt = out / "cache" / f"tokenized-{edited.fingerprint}" / "dslm_cache.json"
+    assert rebuilt.stat().st_mtime_ns > stamp
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".csv", ".parquet"])
+def test_structured_files_use_text_or_the_only_string_column(tmp_path, suffix):
+    from dslm.data import builtin_texts
+
+    frame = pd.DataFrame({"body": builtin_texts()[:20], "n": range(20)})
+    path = tmp_path / f"corpus{suffix}"
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif suffix == ".parquet":
+        frame.to_parquet(path)
+    else:
+        path.write_text("\n".join(json.dumps(r) for r in frame.to_dict("records")))
+    prepared = prepare(tmp_path, train_file=str(path), max_seq_length=32)
+    assert len(prepared.train) > 10
+
+
+def test_missing_text_column_is_named(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"a": "x", "b": "y"}\n')
+    with pytest.raises(ConfigError, match="no 'text' column and 2 string columns"):
+        prepare(tmp_path, train_file=str(path))
+    with pytest.raises(ConfigError, match="has no column 'body'"):
+        prepare(tmp_path, train_file=str(path), text_column="body")
+
+
+def test_corpus_too_small_for_one_block(tmp_path):
+    path = tmp_path / "tiny.txt"
+    path.write_text("just a few words\nand a few more\n")
+    with pytest.raises(ConfigError, match="fewer than one --max_seq_length block"):
+        prepare(tmp_path, train_file=str(path), max_seq_length=128, validation_split_percentage=0,
+                vocab_size=100)
+
+
+def test_sample_limits(tmp_path):
+    prepared = prepare(tmp_path, max_train_samples=10, max_eval_samples=3, max_seq_length=32)
+    assert len(prepared.train) == 10 and len(prepared.validation) == 3
+
+
+def test_pretrained_tokenizer_directory_is_used(tmp_path):
+    first = prepare(tmp_path, max_seq_length=32)
+    saved = tmp_path / "tok"
+    first.tokenizer.save_pretrained(saved)
+    second = prepare(tmp_path, max_seq_length=32, tokenizer_name=str(saved), output_dir=str(tmp_path / "o3"))
+    assert AutoTokenizer.from_pretrained(saved).get_vocab() == second.tokenizer.get_vocab()
+    assert second.fingerprint == first.fingerprint
+
+
+def test_dataset_name_loads_a_local_dataset_directory(tmp_path):
+    from dslm.data import builtin_texts
+
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in builtin_texts()[:20]))
+    (folder / "validation.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in builtin_texts()[20:23]))
+    prepared = prepare(tmp_path, dataset_name=str(folder), max_seq_length=32)
+    assert len(prepared.train) > 50 and len(prepared.validation) > 5
+
+
+def test_preprocessing_workers_give_the_same_data(tmp_path):
+    one = prepare(tmp_path, max_seq_length=32, output_dir=str(tmp_path / "a"))
+    two = prepare(tmp_path, max_seq_length=32, output_dir=str(tmp_path / "b"), preprocessing_num_workers=2)
+    assert one.train["input_ids"] == two.train["input_ids"]
