@@ -270,6 +270,13 @@ def _build(config: RunConfig, corpus: DatasetDict, tokenizer: PreTrainedTokenize
     (out / "dslm_cache.json").write_text(json.dumps({"format": CACHE_FORMAT, "columns": columns}))
 
 
+def tokenizer_cache(config: RunConfig) -> Path:
+    """Trained tokenizers outlive one run's output dir: the same corpus keeps the same tokenizer."""
+    if config.data.cache_dir:
+        return Path(config.data.cache_dir)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dslm" / "tokenizers"
+
+
 def _write_atomically(target: Path, write) -> None:
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True)
@@ -306,13 +313,14 @@ def prepare(config: RunConfig, family: str, objective: str) -> Prepared:
 
     if tokenizer_source is None:
         key = hashlib.sha256(f"{source}|{family}|{config.model.vocab_size}".encode()).hexdigest()[:16]
-        tokenizer_dir = cache / f"tokenizer-{key}"
+        tokenizer_dir = tokenizer_cache(config) / f"tokenizer-{key}"
         if cfg.overwrite_cache and dist.local_rank() == 0:
             _remove(tokenizer_dir)
         dist.barrier()
 
-        # WordPiece and Unigram training assign ids to tied tokens in no fixed order, so one rank
-        # trains and every node receives its files: all ranks must agree on every id.
+        # WordPiece training breaks ties between merges in hash order, so two trainings on one
+        # corpus can differ: one rank trains and every node receives its files, and the result is
+        # kept per corpus so that later runs reuse it.
         files = None
         if dist.rank() == 0:
             if not tokenizer_dir.exists():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -11,6 +13,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from dslm.config import ConfigError
 
 
 def rank() -> int:
@@ -81,18 +85,19 @@ def build_once_per_node(target: Path, build: Callable[[Path], None], what: str) 
                 build(tmp)
             except BaseException as exc:
                 failed.parent.mkdir(parents=True, exist_ok=True)
-                failed.write_text(f"{type(exc).__name__}: {exc}")
+                failed.write_text(json.dumps({"type": type(exc).__name__, "message": str(exc)}))
                 raise
             try:
                 tmp.rename(target)
             except OSError:  # another node sharing the file system finished first
-                import shutil
-
                 shutil.rmtree(tmp, ignore_errors=True)
     else:
         started = time.time() - 1
         while not target.exists():
             if failed.exists() and failed.stat().st_mtime >= started:
-                raise RuntimeError(f"local rank 0 failed to build the {what}: {failed.read_text()}")
+                error = json.loads(failed.read_text())
+                if error["type"] == "ConfigError":  # the input is bad: rank 0 has said so already
+                    raise ConfigError(error["message"])
+                raise RuntimeError(f"local rank 0 failed to build the {what}: {error['message']}")
             time.sleep(0.5)
     barrier()

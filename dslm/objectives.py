@@ -75,7 +75,8 @@ class Collator:
         # Packed blocks are all one length already; only line_by_line batches need padding.
         width = longest if min(lengths) == longest else -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
         fill = {"input_ids": self.pad_id, "special_tokens_mask": 1, "offset_mapping": [0, 0]}
-        padded = [{k: list(v) + [fill[k]] * (width - n) for k, v in e.items()} for e, n in zip(examples, lengths, strict=True)]
+        padded = [{k: list(v) + [fill[k]] * (width - n) for k, v in e.items()}
+                  for e, n in zip(examples, lengths, strict=True)]
         mask = torch.tensor([[1] * n + [0] * (width - n) for n in lengths])
         # The permutation collator reads input_ids only.
         batch = self.inner([e["input_ids"] for e in padded] if self.objective == "plm" else padded)

@@ -64,6 +64,28 @@ def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def build_engine(module: torch.nn.Module, ds: dict[str, Any], config: RunConfig, total_steps: int,
+                 warmup: int) -> Any:
+    """The DeepSpeed engine; the JSON's optimizer and scheduler if it has them, else ours."""
+    import deepspeed
+    import transformers
+
+    t = config.train
+    optimizer = None
+    if "optimizer" not in ds:
+        optimizer = torch.optim.AdamW(param_groups(module, t.weight_decay), lr=t.learning_rate,
+                                      betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon)
+
+    def scheduler(opt: torch.optim.Optimizer) -> Any:  # DeepSpeed calls this with the optimizer it built
+        return transformers.get_scheduler(t.lr_scheduler_type, opt, num_warmup_steps=warmup,
+                                          num_training_steps=total_steps)
+
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
+                                           model_parameters=param_groups(module, t.weight_decay),
+                                           lr_scheduler=None if "scheduler" in ds else scheduler, config=ds)
+    return engine
+
+
 def micro_batches(loader: DataLoader, sampler: DistributedSampler | None, epoch: int):
     """Endless stream of (epoch, batch); each epoch reshuffles with seed + epoch (a stream restarts)."""
     while True:
@@ -89,7 +111,6 @@ def run(config: RunConfig) -> dict[str, Any]:
     ds_raw = ds_config.load(t.deepspeed)
     check_output_dir(config)
 
-    import deepspeed
     import transformers
     from deepspeed.accelerator import get_accelerator
 
@@ -119,18 +140,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     hidden = getattr(module.config, "hidden_size", None)
     ds = ds_config.resolve(ds_raw, config, world_size=world, total_steps=total_steps, warmup_steps=warmup,
                            hidden_size=hidden, on_cpu=on_cpu, source=ds_source)
-    scheduler = None
-    if "scheduler" not in ds:
-        def scheduler(optimizer):  # noqa: E306 - DeepSpeed calls this with the optimizer it built
-            return transformers.get_scheduler(t.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
-                                              num_training_steps=total_steps)
-    optimizer = None
-    if "optimizer" not in ds:
-        optimizer = torch.optim.AdamW(param_groups(module, t.weight_decay), lr=t.learning_rate,
-                                      betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon)
-    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
-                                           model_parameters=param_groups(module, t.weight_decay),
-                                           lr_scheduler=scheduler, config=ds)
+    engine = build_engine(module, ds, config, total_steps, warmup)
     # Same initial weights on every rank, different masks and dropout per rank from here on.
     torch.manual_seed(t.seed + rank)
 
@@ -171,18 +181,18 @@ def run(config: RunConfig) -> dict[str, Any]:
     gas = t.gradient_accumulation_steps
     stage = ds_config.zero_stage(ds)
     own_norm = None
-    step, epoch, samples = 0, 0, 0
+    step, epoch, samples, tokens_seen = 0, 0, 0, 0
     window = torch.zeros(3, device=engine.device)  # [summed loss, micro batches, tokens] since the last log
     last_log = start = time.perf_counter()
     engine.train()
     stream = micro_batches(loader, sampler, epoch)
-    losses_for_result = []
+    train_loss = None
     while step < total_steps:
         logging_now = (step + 1) % t.logging_steps == 0 or step + 1 == total_steps
         for micro in range(gas):
             epoch, batch = next(stream)
             # Counted on the CPU copy: no device sync in the hot loop.
-            n_tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+            n_tokens = int(batch["attention_mask"].sum())
             batch = {k: v.to(engine.device, non_blocking=True) for k, v in batch.items()}
             loss = engine(**batch).loss
             engine.backward(loss)
@@ -201,6 +211,7 @@ def run(config: RunConfig) -> dict[str, Any]:
             torch.distributed.all_reduce(window)
             now = time.perf_counter()
             train_loss = (window[0] / window[1]).item()
+            tokens_seen += int(window[2].item())  # real tokens on all ranks, padding excluded
             grad_norm = engine.get_global_grad_norm() if stage else own_norm
             figures = {
                 "train/loss": train_loss,
@@ -208,13 +219,12 @@ def run(config: RunConfig) -> dict[str, Any]:
                 "train/grad_norm": float(grad_norm) if grad_norm is not None else None,
                 "train/epoch": epoch if streaming else samples / (micro_per_epoch * t.per_device_train_batch_size
                                                                   * world),
-                "train/tokens_seen": step * tokens_per_step,
+                "train/tokens_seen": tokens_seen,
                 "perf/tokens_per_second": window[2].item() / (now - last_log),
                 "perf/samples_per_second": window[1].item() * t.per_device_train_batch_size / (now - last_log),
                 "perf/step_time": (now - last_log) / (window[1].item() / world / gas),
                 **metrics.memory_figures(),
             }
-            losses_for_result.append(train_loss)
             window.zero_()
             last_log = now
             tracker.log(step, figures)
@@ -242,9 +252,9 @@ def run(config: RunConfig) -> dict[str, Any]:
     results = {
         "objective": objective, "model_type": family, "world_size": world, "zero_stage": ds_config.zero_stage(ds),
         "data_fingerprint": prepared.fingerprint,
-        "train": {"steps": step, "samples": samples, "tokens": step * tokens_per_step,
-                  "loss": losses_for_result[-1] if losses_for_result else None, "runtime_s": train_time,
-                  "tokens_per_second": step * tokens_per_step / train_time if train_time else None},
+        "train": {"steps": step, "samples": samples, "tokens": tokens_seen,
+                  "loss": train_loss, "runtime_s": train_time,
+                  "tokens_per_second": tokens_seen / train_time if train_time else None},
         "eval_before": before, "eval": after,
     }
     if dist.is_main():

@@ -83,6 +83,19 @@ def results(output_dir: Path) -> dict:
     return json.loads((output_dir / "results.json").read_text())
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory):
+    """Trained tokenizers are cached per user; tests share one cache of their own."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+
+
+@pytest.fixture(autouse=True)
+def single_process_env(monkeypatch):
+    """In-process tests run as a lone rank 0, whatever launched pytest."""
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def text_file(tmp_path: Path) -> Path:
     from dslm.data import builtin_texts

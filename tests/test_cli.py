@@ -9,11 +9,11 @@ from dslm import cli
 
 
 def test_local_rank_is_taken_out_of_argv(monkeypatch):
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(os, "environ", {})
     args, debug = cli._take_launcher_flags(["--local_rank=1", "train", "--max_steps", "3"])
     assert args == ["train", "--max_steps", "3"] and not debug
     assert os.environ["LOCAL_RANK"] == "1"
-    monkeypatch.delenv("LOCAL_RANK")
+    os.environ.clear()
     args, debug = cli._take_launcher_flags(["train", "--local_rank", "0", "--debug"])
     assert args == ["train"] and debug and os.environ["LOCAL_RANK"] == "0"
 

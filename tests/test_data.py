@@ -150,3 +150,19 @@ def test_preprocessing_workers_give_the_same_data(tmp_path):
     one = prepare(tmp_path, max_seq_length=32, output_dir=str(tmp_path / "a"))
     two = prepare(tmp_path, max_seq_length=32, output_dir=str(tmp_path / "b"), preprocessing_num_workers=2)
     assert one.train["input_ids"] == two.train["input_ids"]
+
+
+def test_a_trained_tokenizer_is_reused_by_later_runs_on_the_same_corpus(tmp_path):
+    first = prepare(tmp_path, max_seq_length=32, output_dir=str(tmp_path / "a"))
+    second = prepare(tmp_path, max_seq_length=32, output_dir=str(tmp_path / "b"))
+    assert tokenizer_fp(first) == tokenizer_fp(second)
+    assert first.train["input_ids"] == second.train["input_ids"]
+    moved = prepare(tmp_path, max_seq_length=32, output_dir=str(tmp_path / "c"), cache_dir=str(tmp_path / "cc"))
+    assert list((tmp_path / "cc").glob("tokenizer-*")) and list((tmp_path / "cc").glob("tokenized-*"))
+    assert moved.train["input_ids"]
+
+
+def tokenizer_fp(prepared):
+    from dslm.tokenizer import fingerprint
+
+    return fingerprint(prepared.tokenizer)
