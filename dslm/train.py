@@ -121,6 +121,10 @@ def run(config: RunConfig) -> dict[str, Any]:
     world, rank = dist.world_size(), dist.rank()
     tracker_enabled = dist.is_main()
     transformers.logging.set_verbosity_error()  # advisory warnings; dslm reports what matters
+    if not tracker_enabled:
+        import datasets
+
+        datasets.disable_progress_bars()
     say = print if tracker_enabled else (lambda *a, **k: None)
     if config.uses_builtin_corpus:
         say("data: the built-in corpus (Python's pydoc topics); give --train_file or --dataset_name for your own")
