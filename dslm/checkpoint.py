@@ -1,52 +1,339 @@
-"""Sharded DeepSpeed checkpoints and their export to a Hugging Face model directory."""
+"""Sharded DeepSpeed checkpoints that count only once committed; rotation, resume and export.
+
+A checkpoint is `OUTPUT_DIR/checkpoints/step-NNNNNNNN/`: DeepSpeed's shards from every rank,
+each rank's RNG state, `dslm_state.json` (step, data position, run fingerprint, config), the
+model config and tokenizer. Once every rank has written (barrier), rank 0 writes a manifest of
+every file with its size and SHA-256, then the commit marker, then moves the `latest` pointer,
+each atomically (temp file, fsync, rename). A kill at any moment leaves the previous checkpoint
+or the new one as latest, never a partial one.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import json
 import os
+import random
+import re
+import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
-from dslm import objectives
+from dslm import dist, objectives
+from dslm.config import DslmError
+
+TAG = re.compile(r"^step-(\d{8})$")
+MANIFEST, COMMIT, STATE, STARTED, POINTER = "dslm_manifest.json", "dslm_commit.json", "dslm_state.json", \
+    "dslm_started.json", "latest"
+
+
+class CheckpointError(DslmError):
+    """A checkpoint cannot be written or read; printed as one line."""
 
 
 def tag(step: int) -> str:
     return f"step-{step:08d}"  # zero-padded so names sort by step
 
 
-def save(engine: Any, output_dir: Path, step: int, client_state: dict[str, Any]) -> Path:
-    """Every rank writes its own shards (ZeRO-3 model shards included) under checkpoints/<tag>."""
-    root = output_dir / "checkpoints"
-    engine.save_checkpoint(str(root), tag=tag(step), client_state=client_state)
-    return root / tag(step)
+def step_of(path: Path) -> int:
+    return int(TAG.match(path.name).group(1))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Temp file, fsync, rename, fsync the directory: the file is either old or whole."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files(tag_dir: Path) -> list[Path]:
+    skip = {MANIFEST, COMMIT}
+    return sorted(p for p in tag_dir.rglob("*")
+                  if p.is_file() and p.name not in skip and "universal" not in p.relative_to(tag_dir).parts)
+
+
+def size_of(tag_dir: Path) -> int:
+    return sum(p.stat().st_size for p in _files(tag_dir))
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch generators of this rank (DeepSpeed saves none of them)."""
+    np_state = np.random.get_state()
+    state = {"python": list(random.getstate()[1]), "python_version": random.getstate()[0],
+             "python_gauss": random.getstate()[2],
+             "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2]),
+             "numpy_gauss": [int(np_state[3]), float(np_state[4])], "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"],
+                         state["numpy_gauss"][0], state["numpy_gauss"][1]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+@dataclass
+class Found:
+    path: Path
+    state: dict[str, Any]
+
+
+def verify(tag_dir: Path) -> str | None:
+    """None if the checkpoint is committed and its files match the manifest, else what is wrong."""
+    if not (tag_dir / COMMIT).exists():
+        return "no commit marker (the save did not finish)"
+    try:
+        manifest = json.loads((tag_dir / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return "unreadable manifest"
+    for rel, (size, digest) in manifest["files"].items():
+        path = tag_dir / rel
+        if not path.is_file():
+            return f"missing {rel}"
+        if path.stat().st_size != size:
+            return f"{rel} has {path.stat().st_size} bytes, the manifest says {size}"
+        if _sha256(path) != digest:
+            return f"{rel} does not match its checksum"
+    return None
+
+
+def read_state(tag_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((tag_dir / STATE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+class Checkpointer:
+    """Save, commit, rotate and find checkpoints of one run (`fingerprint`) in OUTPUT_DIR/checkpoints."""
+
+    def __init__(self, output_dir: Path, fingerprint: str, save_total_limit: int | None, milestone_steps: int | None,
+                 warn: Any = print) -> None:
+        self.root = output_dir / "checkpoints"
+        self.fingerprint = fingerprint
+        self.limit = save_total_limit
+        self.milestone = milestone_steps
+        self.warn = warn
+        self.last_size: int | None = None
+
+    def tags(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted((p for p in self.root.iterdir() if p.is_dir() and TAG.match(p.name)), key=step_of,
+                      reverse=True)
+
+    def _ours(self, tag_dir: Path) -> bool:
+        for marker in (STATE, STARTED):
+            try:
+                return json.loads((tag_dir / marker).read_text())["run_fingerprint"] == self.fingerprint
+            except (OSError, json.JSONDecodeError, KeyError):
+                continue
+        return False
+
+    def foreign(self) -> list[Path]:
+        """Committed checkpoints of other runs in this directory."""
+        return [t for t in self.tags() if (t / COMMIT).exists() and not self._ours(t)]
+
+    def latest(self) -> Found | None:
+        """The newest committed, intact checkpoint of this run; others are named and skipped."""
+        for tag_dir in self.tags():
+            if not (tag_dir / COMMIT).exists():
+                continue  # an interrupted save: silently not a checkpoint
+            if not self._ours(tag_dir):
+                self.warn(f"skipping checkpoint {tag_dir}: it belongs to another run (different model, data or seed)")
+                continue
+            problem = verify(tag_dir)
+            if problem:
+                self.warn(f"skipping checkpoint {tag_dir}: {problem}")
+                continue
+            return Found(tag_dir, read_state(tag_dir))
+        return None
+
+    def save(self, engine: Any, step: int, state: dict[str, Any], model_config: PretrainedConfig,
+             tokenizer: PreTrainedTokenizerBase) -> Path:
+        tag_dir = self.root / tag(step)
+        main = dist.is_main()
+        if tag_dir.exists() and not self._ours(tag_dir):
+            raise CheckpointError(f"{tag_dir} belongs to another run: dslm will not overwrite it; move it away or "
+                                  f"use another --output_dir")
+        if main:
+            if tag_dir.exists():  # a leftover of this step from this run, killed before the commit
+                shutil.rmtree(tag_dir)
+            tag_dir.mkdir(parents=True)
+            (tag_dir / STARTED).write_text(json.dumps({"run_fingerprint": self.fingerprint}))
+        problem = dist.broadcast(self._space_problem(tag_dir) if main else None)
+        if problem:
+            if main:
+                shutil.rmtree(tag_dir, ignore_errors=True)
+            raise CheckpointError(problem)
+        failure: OSError | None = None
+        try:
+            # save_latest=False: DeepSpeed would move its `latest` before every rank has finished.
+            with _quiet():
+                engine.save_checkpoint(str(self.root), tag=tag(step), client_state={}, save_latest=False)
+            torch.save(rng_state(), tag_dir / f"rng_state_{dist.rank():05d}.pt")
+            if main:
+                (tag_dir / STATE).write_text(json.dumps({**state, "run_fingerprint": self.fingerprint}, indent=2))
+                model_config.save_pretrained(str(tag_dir))
+                tokenizer.save_pretrained(str(tag_dir))
+        except OSError as exc:
+            failure = exc
+        if os.environ.get("DSLM_TEST_KILL_AT_SAVE") == f"{step}:{dist.rank()}":
+            os.kill(os.getpid(), 9)  # fault injection for the tests: die between the shards and the commit
+        # Every rank's shards are on disk, or some rank failed: all ranks learn which.
+        if dist.any_true(failure is not None):
+            if main:
+                shutil.rmtree(tag_dir, ignore_errors=True)
+            raise self._failed(tag_dir, failure)
+        if main:
+            files = {str(p.relative_to(tag_dir)): [p.stat().st_size, _sha256(p)] for p in _files(tag_dir)}
+            write_atomically(tag_dir / MANIFEST, json.dumps({"files": files}, indent=1))
+            write_atomically(tag_dir / COMMIT, json.dumps({"step": step}))
+            write_atomically(self.root / POINTER, tag(step))
+            self.last_size = sum(size for size, _ in files.values())
+            self.rotate()
+        dist.barrier()
+        return tag_dir
+
+    def _space_problem(self, tag_dir: Path) -> str | None:
+        if self.last_size is None:
+            previous = next((t for t in self.tags() if (t / COMMIT).exists() and t != tag_dir), None)
+            self.last_size = size_of(previous) if previous else None
+        free = shutil.disk_usage(tag_dir).free
+        if self.last_size and free < self.last_size * 1.05:
+            return (f"not enough disk space for checkpoint {tag_dir.name}: {free / 2**20:.0f} MiB free "
+                                  f"in {self.root}, the last one took {self.last_size / 2**20:.0f} MiB; free space or "
+                    f"lower --save_total_limit, then run the same command to resume")
+        return None
+
+    def _failed(self, tag_dir: Path, exc: OSError | None) -> CheckpointError:
+        previous = next((t.name for t in self.tags() if (t / COMMIT).exists() and t != tag_dir), None)
+        kept = f"the last committed checkpoint ({previous}) is intact" if previous else "no earlier checkpoint exists"
+        if exc is None:
+            reason = "on another rank"
+        else:
+            reason = f"on rank {dist.rank()}: " + ("no space left on device" if exc.errno == errno.ENOSPC else str(exc))
+        return CheckpointError(f"saving checkpoint {tag_dir.name} failed {reason}; {kept}: "
+                               f"free space or lower --save_total_limit, then run the same command to resume")
+
+    def rotate(self) -> None:
+        """Keep the newest `limit` committed checkpoints of this run plus milestones; remove older
+        interrupted saves of this run. Never touches anything else in the directory."""
+        ours = [t for t in self.tags() if self._ours(t)]
+        committed = [t for t in ours if (t / COMMIT).exists()]
+        if not committed:
+            return
+        keep = set(committed[: self.limit] if self.limit else committed)
+        if self.milestone:
+            keep |= {t for t in committed if step_of(t) % self.milestone == 0}
+        newest = step_of(committed[0])
+        for t in ours:
+            interrupted = not (t / COMMIT).exists() and step_of(t) < newest
+            if (t in committed and t not in keep) or interrupted:
+                shutil.rmtree(t, ignore_errors=True)
+
+    def estimate_line(self, n_params: int, mixed_precision: bool, limit: int | None) -> str:
+        # fp32 weights + Adam's two moments (+ fp32 master weights under mixed precision)
+        size = n_params * (4 + 8 + (4 if mixed_precision else 0))
+        if self.last_size:
+            size = self.last_size
+        bound = f"at most {limit} x = {limit * size / 2**20:.1f} MiB" if limit else "no --save_total_limit: unbounded"
+        return f"checkpoints: ~{size / 2**20:.1f} MiB each, {bound}, in {self.root}"
+
+
+def to_universal(tag_dir: Path) -> Path:
+    """Convert a ZeRO checkpoint for a different world size with DeepSpeed's own converter."""
+    import argparse
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    out_root = tag_dir / "universal"
+    target = out_root / tag_dir.name
+    if not (out_root / "done").exists():
+        shutil.rmtree(out_root, ignore_errors=True)
+        args = argparse.Namespace(input_folder=str(tag_dir), output_folder=str(target), num_extract_workers=1,
+                                  num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                  inject_missing_state=True)
+        with _quiet():
+            ds_to_universal.main(args)
+        (out_root / "done").write_text("")
+    return out_root
+
+
+@contextlib.contextmanager
+def _quiet():
+    """DeepSpeed narrates every file it reads or writes on stdout; dslm reports saves itself."""
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
+    sys.stdout.flush()
 
 
 def consolidated_state_dict(checkpoint_dir: Path, zero_stage: int) -> dict[str, torch.Tensor]:
-    """Full fp32 weights from a checkpoint's shards, by DeepSpeed's own consolidation (rank 0, CPU)."""
+    """Full fp32 weights from a checkpoint's shards, by DeepSpeed's own consolidation (CPU)."""
     if zero_stage == 0:
         # Stage 0 keeps whole weights in the model-states file, which DeepSpeed pickles.
         states = torch.load(checkpoint_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
         return {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    # It narrates every shard on stdout and draws bars on stderr; dslm reports the export itself.
+    # It narrates every shard on stdout and draws bars on stderr.
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
         return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir.parent), tag=checkpoint_dir.name)
 
 
-def export(state_dict: dict[str, torch.Tensor], model_config: PretrainedConfig, objective: str,
-           tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
-    """Write a directory that `from_pretrained` loads: config, model.safetensors and the tokenizer."""
-    model = objectives.auto_class(objective).from_config(model_config)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+def export(checkpoint_dir: Path, out: Path, check: bool = True) -> None:
+    """Any committed checkpoint (any ZeRO stage) -> a directory `from_pretrained` loads."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    problem = verify(checkpoint_dir) if check else None
+    if problem:
+        raise CheckpointError(f"cannot export {checkpoint_dir}: {problem}")
+    state = read_state(checkpoint_dir)
+    model_config = AutoConfig.from_pretrained(str(checkpoint_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint_dir))
+    weights = consolidated_state_dict(checkpoint_dir, state["zero_stage"])
+    model = objectives.auto_class(state["objective"]).from_config(model_config)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not _is_tied(model, k)]
     if missing or unexpected:
-        raise RuntimeError(f"checkpoint does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    model.save_pretrained(str(out), safe_serialization=True)
-    tokenizer.save_pretrained(str(out))
+        raise CheckpointError(f"{checkpoint_dir} does not match its model config: missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
 
 
 def _is_tied(model: torch.nn.Module, key: str) -> bool:

@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from dslm.config import SECTIONS, ConfigError, RunConfig, all_fields
+from dslm.config import EXIT_STOPPED, SECTIONS, ConfigError, DslmError, RunConfig, all_fields
 
 DEBUG_FLAG = "--debug"
 
@@ -97,9 +97,29 @@ def _prepare(config: RunConfig) -> None:
     run(config)
 
 
+def export(checkpoint_dir: str, out_dir: str) -> None:
+    """Turn a dslm checkpoint (any ZeRO stage) into a Hugging Face model directory.
+
+    Args:
+        checkpoint_dir: a checkpoint, e.g. output/checkpoints/step-00001000
+        out_dir: where config.json, model.safetensors and the tokenizer go
+    """
+    from pathlib import Path
+
+    from dslm import checkpoint
+
+    path = Path(checkpoint_dir)
+    if not (path / checkpoint.STATE).exists():
+        raise ConfigError(f"{checkpoint_dir} is not a dslm checkpoint (no {checkpoint.STATE}): give a directory "
+                          f"under OUTPUT_DIR/checkpoints")
+    checkpoint.export(path, Path(out_dir))
+    print(f"exported {checkpoint_dir} to {out_dir}")
+
+
 COMMANDS = {
     "train": _with_flags(_train, "Pretrain or continue pretraining a model (mlm, clm or plm) on a DeepSpeed engine."),
     "prepare": _with_flags(_prepare, "Train the tokenizer and tokenize the data into the cache, ahead of a launch."),
+    "export": export,
 }
 
 
@@ -112,9 +132,12 @@ def main(argv: list[str] | None = None) -> None:
         if args and args[0] in COMMANDS:
             _check_flag_names(args[1:])
         fire.Fire(COMMANDS, command=args, name="dslm")
-    except ConfigError as exc:
+    except DslmError as exc:
         if debug:
             raise
-        if int(os.environ.get("RANK", "0")) == 0:  # every rank runs the same checks: say it once
-            print(f"dslm: error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        rank = int(os.environ.get("RANK", "0"))
+        if rank == 0 or not exc.same_on_every_rank:  # the same check fails on every rank: say it once
+            where = f"rank {rank}: " if rank else ""
+            print(f"dslm: {'error: ' if exc.exit_code != EXIT_STOPPED else ''}{where}{exc}", file=sys.stderr,
+                  flush=True)
+        sys.exit(exc.exit_code)

@@ -21,8 +21,21 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
               "inverse_sqrt")
 
 
-class ConfigError(ValueError):
-    """A problem with the user's input: printed as one line, no traceback."""
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped by a signal after saving; the same command resumes
+
+
+class DslmError(Exception):
+    """A failure the user can act on: printed as one line, no traceback."""
+
+    exit_code = 1
+    same_on_every_rank = False  # then only rank 0 says it
+
+
+class ConfigError(DslmError, ValueError):
+    """A problem with the user's input, found before any work."""
+
+    exit_code = 2
+    same_on_every_rank = True
 
 
 def _help(text: str, default: Any = None) -> Any:
@@ -94,6 +107,10 @@ class TrainConfig:
     logging_steps: int = _help("log train figures every N steps", 50)
     eval_steps: int | None = _help("evaluate every N steps; evaluation also runs before and after training")
     save_steps: int = _help("save a sharded DeepSpeed checkpoint every N steps (0: only at the end)", 500)
+    save_total_limit: int | None = _help("keep only the newest N checkpoints (milestones aside); default: all")
+    save_milestone_steps: int | None = _help("also keep every checkpoint whose step is a multiple of N, forever")
+    resume_from_checkpoint: str = _help("auto: continue from the newest good checkpoint in the output dir; "
+                                        "a checkpoint path; or none: start fresh", "auto")
     seed: int = _help("random seed: the same seed and flags give the same losses", 42)
     bf16: bool = _help("train in bfloat16 mixed precision", False)
     fp16: bool = _help("train in float16 mixed precision (GPU only)", False)
@@ -158,7 +175,8 @@ class RunConfig:
         for name, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"--{name} must be zero or positive, got {value}")
-        for name in ("eval_steps", "max_train_samples", "max_eval_samples", "preprocessing_num_workers"):
+        for name in ("eval_steps", "max_train_samples", "max_eval_samples", "preprocessing_num_workers",
+                     "save_total_limit", "save_milestone_steps"):
             value = getattr(t, name) if hasattr(t, name) else getattr(d, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"--{name} must be positive, got {value}")

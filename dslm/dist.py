@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from dslm.config import ConfigError
+from dslm.config import EXIT_STOPPED, ConfigError, DslmError
 
 
 def rank() -> int:
@@ -58,6 +59,48 @@ def init() -> None:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def any_true(flag: bool) -> bool:
+    """True on every rank when `flag` is true on any rank (a collective: every rank must call it)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _comm_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+class Stopped(DslmError):
+    exit_code = EXIT_STOPPED
+    same_on_every_rank = True
+
+
+class StopFlag:
+    """SIGTERM or SIGINT (preemption, a time limit, Ctrl-C) asks for a checkpoint and a clean exit.
+
+    The first signal only sets a flag; the training loop checks it at step boundaries with a
+    collective, so all ranks stop at the same step. A second signal exits at once: the commit
+    protocol keeps the last committed checkpoint intact.
+    """
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            os._exit(128 + signum)
+        self.requested = signal.Signals(signum).name
+
+    def agreed(self) -> bool:
+        return any_true(self.requested is not None)
 
 
 def broadcast(obj: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from dslm import checkpoint, data, dist, ds_config, evaluation, metrics, model, objectives
 from dslm.config import ConfigError, RunConfig
@@ -19,19 +20,51 @@ RUN_OUTPUTS = ("checkpoints", "final", "metrics.jsonl", "results.json", "ds_conf
 
 
 def check_output_dir(config: RunConfig) -> None:
-    out = Path(config.train.output_dir)
+    """Refuse to start over a previous run unless told; resuming it is the default."""
+    t = config.train
+    out = Path(t.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output_dir {out} is a file: choose a directory")
+    resume = t.resume_from_checkpoint
+    if resume not in ("auto", "none"):
+        if not (Path(resume) / checkpoint.STATE).exists():
+            raise ConfigError(f"--resume_from_checkpoint {resume}: not a dslm checkpoint; give a directory under "
+                              f"OUTPUT_DIR/checkpoints, or auto, or none")
+        return
     previous = [name for name in RUN_OUTPUTS if (out / name).exists()]
-    if previous and not config.train.overwrite_output_dir:
-        raise ConfigError(f"--output_dir {out} already holds a run ({', '.join(previous)}): pass "
-                          f"--overwrite_output_dir to start over, or choose another --output_dir")
+    has_checkpoints = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
+    if t.overwrite_output_dir or not previous or (resume == "auto" and has_checkpoints):
+        return
+    hint = "--resume_from_checkpoint auto to continue it, " if has_checkpoints else ""
+    raise ConfigError(f"--output_dir {out} already holds a run ({', '.join(previous)}): pass {hint}"
+                      f"--overwrite_output_dir to start over, or choose another --output_dir")
 
 
-def clear_previous_run(out: Path) -> None:
-    """Only once the new run is ready to train: a failed start must not lose the old outputs."""
+def run_fingerprint(config: RunConfig, objective: str, family: str, data_fingerprint: str) -> str:
+    """What makes checkpoints belong to this run: model, objective, data and seed (not step counts)."""
+    m = config.model
+    key = [objective, family, m.model_name_or_path, m.config_overrides, data_fingerprint, config.train.seed]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
+def trim_metrics(out: Path, step: int) -> None:
+    """A resumed run logs from `step` on: drop what the interrupted run logged after its checkpoint."""
+    path = out / "metrics.jsonl"
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        checkpoint.write_atomically(path, "".join(f"{row}\n" for row in rows))
+
+
+def clear_previous_run(out: Path, checkpoints: bool) -> None:
+    """Only once the new run is ready to train: a failed start must not lose the old outputs.
+
+    Checkpoints go only with --overwrite_output_dir; otherwise other runs' checkpoints stay
+    (rotation never touches them either).
+    """
     for name in RUN_OUTPUTS:
         path = out / name
+        if name == "checkpoints" and not checkpoints:
+            continue
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
@@ -86,14 +119,14 @@ def build_engine(module: torch.nn.Module, ds: dict[str, Any], config: RunConfig,
     return engine
 
 
-def micro_batches(loader: DataLoader, sampler: DistributedSampler | None, epoch: int):
-    """Endless stream of (epoch, batch); each epoch reshuffles with seed + epoch (a stream restarts)."""
+def micro_batches(loader: DataLoader, sampler: data.ResumableSampler | None, epoch: int, skip: int):
+    """Endless (epoch, batch) stream from `skip` samples into `epoch`; a stream just restarts."""
     while True:
         if sampler is not None:
-            sampler.set_epoch(epoch)
+            sampler.set_epoch(epoch, skip)
         for batch in loader:
             yield epoch, batch
-        epoch += 1
+        epoch, skip = epoch + 1, 0
 
 
 def run(config: RunConfig) -> dict[str, Any]:
@@ -121,6 +154,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     world, rank = dist.world_size(), dist.rank()
     tracker_enabled = dist.is_main()
     transformers.logging.set_verbosity_error()  # advisory warnings; dslm reports what matters
+    transformers.utils.logging.disable_progress_bar()
     if not tracker_enabled:
         import datasets
 
@@ -144,16 +178,53 @@ def run(config: RunConfig) -> dict[str, Any]:
     hidden = getattr(module.config, "hidden_size", None)
     ds = ds_config.resolve(ds_raw, config, world_size=world, total_steps=total_steps, warmup_steps=warmup,
                            hidden_size=hidden, on_cpu=on_cpu, source=ds_source)
+    stage = ds_config.zero_stage(ds)
+    fingerprint = run_fingerprint(config, objective, family, prepared.fingerprint)
+    ckpt = checkpoint.Checkpointer(out, fingerprint, t.save_total_limit, t.save_milestone_steps,
+                                   warn=lambda msg: say(f"warning: {msg}"))
+    found = find_resume(config, ckpt)
+    if not found and not t.overwrite_output_dir and ckpt.foreign():
+        raise ConfigError(f"{ckpt.root} holds checkpoints of another run ({ckpt.foreign()[0].name}: different model, "
+                          f"data or seed): use another --output_dir, or --overwrite_output_dir to replace them")
+    load_dir = None
+    if found:
+        load_dir = ckpt.root
+        if found.state["world_size"] != world and found.state["zero_stage"] > 0:
+            # ZeRO shards are cut for the old world size: DeepSpeed's universal format re-cuts them.
+            say(f"resuming a {found.state['world_size']}-rank checkpoint on {world} ranks: converting "
+                f"{found.path.name} to a universal checkpoint")
+            if dist.is_main():
+                checkpoint.to_universal(found.path)
+            dist.barrier()
+            load_dir = found.path / "universal"
+            ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
     engine = build_engine(module, ds, config, total_steps, warmup)
     # Same initial weights on every rank, different masks and dropout per rank from here on.
     torch.manual_seed(t.seed + rank)
 
+    step = epoch = samples = samples_in_epoch = tokens_seen = 0
+    if found:
+        with checkpoint._quiet():
+            engine.load_checkpoint(str(load_dir), tag=found.path.name)
+        state = found.state
+        step, epoch, samples, tokens_seen = state["step"], state["epoch"], state["samples"], state["tokens_seen"]
+        samples_in_epoch = state["samples_in_epoch"]
+        if state["world_size"] == world:  # the same ranks continue their own random streams exactly
+            checkpoint.set_rng_state(torch.load(found.path / f"rng_state_{rank:05d}.pt", weights_only=True))
+        say(f"resumed from {found.path} at step {step} ({samples} samples seen)")
+        if dist.is_main():
+            trim_metrics(out, step)
+
     collate = objectives.Collator(objective, prepared.tokenizer, config.objective)
-    sampler = None if streaming else DistributedSampler(prepared.train, num_replicas=world, rank=rank,
-                                                        shuffle=True, seed=t.seed, drop_last=True)
-    loader = DataLoader(prepared.train, batch_size=t.per_device_train_batch_size, sampler=sampler,
-                        collate_fn=collate, drop_last=True, num_workers=t.dataloader_num_workers,
-                        pin_memory=not on_cpu, persistent_workers=t.dataloader_num_workers > 0)
+    micro = t.per_device_train_batch_size
+    sampler = None if streaming else data.ResumableSampler(len(prepared.train), world, rank, t.seed, micro)
+    # The loader's own generator: making an iterator must not draw from the global RNG, or a run
+    # resumed mid-epoch would diverge from one that never stopped.
+    loader_rng = torch.Generator()
+    loader_rng.manual_seed(t.seed + rank)
+    loader = DataLoader(prepared.train, batch_size=micro, sampler=sampler, collate_fn=collate, drop_last=True,
+                        num_workers=t.dataloader_num_workers, pin_memory=not on_cpu, generator=loader_rng,
+                        persistent_workers=t.dataloader_num_workers > 0)
 
     def run_eval() -> dict[str, float]:
         if prepared.validation is None:
@@ -161,53 +232,72 @@ def run(config: RunConfig) -> dict[str, Any]:
         return evaluation.evaluate(engine, prepared.validation, collate, objective, t.per_device_eval_batch_size,
                                    engine.device, t.seed)
 
-    n_params = sum(p.numel() for p in module.parameters()) if ds_config.zero_stage(ds) < 3 else sum(
-        getattr(p, "ds_numel", p.numel()) for p in module.parameters())
-    tokens_per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps * world * \
-        config.data.max_seq_length
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters())
+    tokens_per_step = micro * t.gradient_accumulation_steps * world * config.data.max_seq_length
     if dist.is_main():
-        clear_previous_run(out)
+        if not found:
+            clear_previous_run(out, checkpoints=t.overwrite_output_dir)
         (out / "ds_config.json").write_text(json.dumps(ds, indent=2))
         (out / "run_config.json").write_text(json.dumps({**config.to_dict(), "objective_resolved": objective,
                                                          "model_type": family}, indent=2))
-    say(f"{objective} | {family} {n_params / 1e6:.2f}M params | ZeRO-{ds_config.zero_stage(ds)} | {world} ranks | "
-        f"{'streamed' if streaming else len(prepared.train)} train / {len(prepared.validation or [])} eval examples of "
-        f"{config.data.max_seq_length} tokens | {total_steps} steps of {tokens_per_step} tokens | "
-        f"output {out}")
+    n_train = "streamed" if streaming else len(prepared.train)
+    say(f"{objective} | {family} {n_params / 1e6:.2f}M params | ZeRO-{stage} | {world} ranks | {n_train} train / "
+        f"{len(prepared.validation or [])} eval examples of {config.data.max_seq_length} tokens | {total_steps} steps "
+        f"of {tokens_per_step} tokens | output {out}")
+    say(ckpt.estimate_line(n_params, t.bf16 or t.fp16, t.save_total_limit))
+    if step >= total_steps:
+        say(f"already trained to step {step} of {total_steps}: nothing to do (raise --max_steps to go further)")
+        return json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
 
-    tracker = metrics.Tracker(out, total_steps, enabled=tracker_enabled)
-    before = run_eval()
-    if before:
-        tracker.log(0, before)
-        tracker.print(f"eval before training: loss {before['eval/loss']:.4f} "
-                      f"perplexity {before['eval/perplexity']:.2f} accuracy {before['eval/accuracy']:.4f}")
+    def save(at: int) -> Path:
+        state = {"step": at, "epoch": epoch, "samples": samples, "samples_in_epoch": samples_in_epoch,
+                 "tokens_seen": tokens_seen, "world_size": world, "zero_stage": stage, "objective": objective,
+                 "model_type": family, "data_fingerprint": prepared.fingerprint, "config": config.to_dict()}
+        started = time.perf_counter()
+        path = ckpt.save(engine, at, state, module.config, prepared.tokenizer)
+        tracker.log(at, {"checkpoint/save_seconds": time.perf_counter() - started,
+                         "checkpoint/size_mb": (ckpt.last_size or 0) / 2**20})
+        return path
+
+    stop = dist.StopFlag()
+    stop.install()
+    tracker = metrics.Tracker(out, total_steps, enabled=tracker_enabled, start_step=step)
+    before: dict[str, float] = {}
+    if step == 0:
+        before = run_eval()
+        if before:
+            tracker.log(0, before)
+            tracker.print(f"eval before training: loss {before['eval/loss']:.4f} "
+                          f"perplexity {before['eval/perplexity']:.2f} accuracy {before['eval/accuracy']:.4f}")
 
     gas = t.gradient_accumulation_steps
-    stage = ds_config.zero_stage(ds)
     own_norm = None
-    step, epoch, samples, tokens_seen = 0, 0, 0, 0
     window = torch.zeros(3, device=engine.device)  # [summed loss, micro batches, tokens] since the last log
     last_log = start = time.perf_counter()
+    start_step = step
     engine.train()
-    stream = micro_batches(loader, sampler, epoch)
+    stream = micro_batches(loader, sampler, epoch, samples_in_epoch)
     train_loss = None
     while step < total_steps:
         logging_now = (step + 1) % t.logging_steps == 0 or step + 1 == total_steps
-        for micro in range(gas):
-            epoch, batch = next(stream)
+        for micro_step in range(gas):
+            batch_epoch, batch = next(stream)
+            if batch_epoch != epoch:
+                epoch, samples_in_epoch = batch_epoch, 0
             # Counted on the CPU copy: no device sync in the hot loop.
             n_tokens = int(batch["attention_mask"].sum())
             batch = {k: v.to(engine.device, non_blocking=True) for k, v in batch.items()}
             loss = engine(**batch).loss
             engine.backward(loss)
-            if logging_now and micro == gas - 1 and stage == 0:
+            if logging_now and micro_step == gas - 1 and stage == 0:
                 # Without ZeRO DeepSpeed reports no gradient norm; the averaged grads are here until step().
                 own_norm = torch.nn.utils.get_total_norm([p.grad for p in module.parameters() if p.grad is not None])
             engine.step()
             window[0] += loss.detach().float()
             window[1] += 1
             window[2] += n_tokens
-            samples += t.per_device_train_batch_size * world
+            samples += micro * world
+            samples_in_epoch += micro * world
         step += 1
         tracker.advance()
 
@@ -221,11 +311,10 @@ def run(config: RunConfig) -> dict[str, Any]:
                 "train/loss": train_loss,
                 "train/learning_rate": engine.get_lr()[0],
                 "train/grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "train/epoch": epoch if streaming else samples / (micro_per_epoch * t.per_device_train_batch_size
-                                                                  * world),
+                "train/epoch": epoch if streaming else samples / (micro_per_epoch * micro * world),
                 "train/tokens_seen": tokens_seen,
                 "perf/tokens_per_second": window[2].item() / (now - last_log),
-                "perf/samples_per_second": window[1].item() * t.per_device_train_batch_size / (now - last_log),
+                "perf/samples_per_second": window[1].item() * micro / (now - last_log),
                 "perf/step_time": (now - last_log) / (window[1].item() / world / gas),
                 **metrics.memory_figures(),
             }
@@ -238,34 +327,62 @@ def run(config: RunConfig) -> dict[str, Any]:
                 tracker.log(step, figures)
                 tracker.print(f"step {step}: eval loss {figures['eval/loss']:.4f} "
                               f"perplexity {figures['eval/perplexity']:.2f}")
-        if t.save_steps and step % t.save_steps == 0 and step != total_steps:
-            checkpoint.save(engine, out, step, {"step": step, "epoch": epoch, "samples": samples})
+        saved = t.save_steps and step % t.save_steps == 0 and step != total_steps
+        if saved:
+            save(step)
+        if step != total_steps and stop.agreed():
+            path = ckpt.root / checkpoint.tag(step) if saved else save(step)
+            tracker.close()
+            raise dist.Stopped(f"stopped by {stop.requested or 'a signal on another rank'} at step {step}; "
+                               f"checkpoint {path} is committed: run the same command to resume")
     train_time = time.perf_counter() - start
     tracker.close()
 
     after = run_eval()
     if after:
         tracker.log(step, after)
-    final_ckpt = checkpoint.save(engine, out, step, {"step": step, "epoch": epoch, "samples": samples})
-    dist.barrier()
+    final = save(step)
     if dist.is_main():
-        state = checkpoint.consolidated_state_dict(final_ckpt, ds_config.zero_stage(ds))
-        checkpoint.export(state, module.config, objective, prepared.tokenizer, out / "final")
+        checkpoint.export(final, out / "final", check=False)
     dist.barrier()
 
+    trained_tokens = tokens_seen
     results = {
-        "objective": objective, "model_type": family, "world_size": world, "zero_stage": ds_config.zero_stage(ds),
-        "data_fingerprint": prepared.fingerprint,
-        "train": {"steps": step, "samples": samples, "tokens": tokens_seen,
-                  "loss": train_loss, "runtime_s": train_time,
-                  "tokens_per_second": tokens_seen / train_time if train_time else None},
+        "objective": objective, "model_type": family, "world_size": world, "zero_stage": stage,
+        "data_fingerprint": prepared.fingerprint, "resumed_from_step": start_step or None,
+        "train": {"steps": step, "samples": samples, "tokens": trained_tokens, "loss": train_loss,
+                  "runtime_s": train_time,
+                  "tokens_per_second": trained_tokens / train_time if train_time else None},
         "eval_before": before, "eval": after,
     }
     if dist.is_main():
         (out / "results.json").write_text(json.dumps(results, indent=2))
-        summary = f"done: {step} steps in {train_time:.0f}s ({results['train']['tokens_per_second']:.0f} tokens/s)"
+        summary = f"done: {step} steps in {train_time:.0f}s ({tokens_seen / train_time:.0f} tokens/s)"
         if before and after:
             summary += (f"; eval perplexity {before['eval/perplexity']:.2f} -> {after['eval/perplexity']:.2f}, "
                         f"accuracy {before['eval/accuracy']:.3f} -> {after['eval/accuracy']:.3f}")
+        elif after:
+            summary += f"; eval perplexity {after['eval/perplexity']:.2f}"
         print(summary + f"; model in {out / 'final'}", flush=True)
     return results
+
+
+def find_resume(config: RunConfig, ckpt: checkpoint.Checkpointer) -> checkpoint.Found | None:
+    """Rank 0 picks the checkpoint (verifying it) and tells the others."""
+    t = config.train
+    if t.resume_from_checkpoint == "none" or (t.resume_from_checkpoint == "auto" and t.overwrite_output_dir):
+        return None
+    choice = None
+    if dist.is_main():
+        if t.resume_from_checkpoint == "auto":
+            found = ckpt.latest()
+            choice = (str(found.path), found.state) if found else None
+        else:
+            path = Path(t.resume_from_checkpoint)
+            problem = checkpoint.verify(path)
+            choice = ("error", f"--resume_from_checkpoint {path}: {problem}") if problem else (
+                str(path), checkpoint.read_state(path))
+    choice = dist.broadcast(choice)
+    if choice and choice[0] == "error":
+        raise ConfigError(choice[1])
+    return checkpoint.Found(Path(choice[0]), choice[1]) if choice else None

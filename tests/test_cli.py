@@ -80,10 +80,14 @@ def test_bad_deepspeed_json_and_empty_file(capsys, tmp_path):
 
 def test_an_existing_run_is_not_overwritten(capsys, tmp_path):
     out = tmp_path / "out"
-    (out / "checkpoints" / "step-00000010").mkdir(parents=True)
-    (out / "results.json").write_text("{}")
+    (out / "results.json").write_text("{}") if out.mkdir() is None else None
     code, err = run_cli(capsys, "train", "--output_dir", str(out))
-    assert_one_line_error(code, err, "already holds a run")
+    assert_one_line_error(code, err, "already holds a run (results.json): pass --overwrite_output_dir")
+    (out / "checkpoints" / "step-00000010").mkdir(parents=True)
+    code, err = run_cli(capsys, "train", "--output_dir", str(out), "--resume_from_checkpoint", "none")
+    assert_one_line_error(code, err, "pass --resume_from_checkpoint auto to continue it, --overwrite_output_dir")
+    code, err = run_cli(capsys, "train", "--output_dir", str(out), "--resume_from_checkpoint", str(tmp_path))
+    assert_one_line_error(code, err, "not a dslm checkpoint")
     assert (out / "results.json").read_text() == "{}"
 
 
