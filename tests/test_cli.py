@@ -80,7 +80,8 @@ def test_bad_deepspeed_json_and_empty_file(capsys, tmp_path):
 
 def test_an_existing_run_is_not_overwritten(capsys, tmp_path):
     out = tmp_path / "out"
-    (out / "results.json").write_text("{}") if out.mkdir() is None else None
+    out.mkdir()
+    (out / "results.json").write_text("{}")
     code, err = run_cli(capsys, "train", "--output_dir", str(out))
     assert_one_line_error(code, err, "already holds a run (results.json): pass --overwrite_output_dir")
     (out / "checkpoints" / "step-00000010").mkdir(parents=True)
