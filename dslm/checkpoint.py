@@ -160,8 +160,8 @@ class Checkpointer:
         return False
 
     def foreign(self) -> list[Path]:
-        """Committed checkpoints of other runs in this directory."""
-        return [t for t in self.tags() if (t / COMMIT).exists() and not self._ours(t)]
+        """Checkpoint directories that are not this run's: a save would collide with them."""
+        return [t for t in self.tags() if not self._ours(t)]
 
     def latest(self) -> Found | None:
         """The newest committed, intact checkpoint of this run; others are named and skipped."""
