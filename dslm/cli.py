@@ -116,10 +116,23 @@ def export(checkpoint_dir: str, out_dir: str) -> None:
     print(f"exported {checkpoint_dir} to {out_dir}")
 
 
+def plot(*run_dirs: str, out: str = "curves.png") -> None:
+    """Draw train/eval loss, perplexity and tokens/s of runs against steps and tokens seen.
+
+    Args:
+        run_dirs: output directories of dslm runs (each with a metrics.jsonl)
+        out: the PNG to write
+    """
+    from dslm.plot import run
+
+    run(list(run_dirs), out)
+
+
 COMMANDS = {
     "train": _with_flags(_train, "Pretrain or continue pretraining a model (mlm, clm or plm) on a DeepSpeed engine."),
     "prepare": _with_flags(_prepare, "Train the tokenizer and tokenize the data into the cache, ahead of a launch."),
     "export": export,
+    "plot": plot,
 }
 
 
@@ -129,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     import fire
 
     try:
-        if args and args[0] in COMMANDS:
+        if args and args[0] in ("train", "prepare"):
             _check_flag_names(args[1:])
         fire.Fire(COMMANDS, command=args, name="dslm")
     except DslmError as exc:

@@ -120,7 +120,19 @@ class TrainConfig:
                           "validation data", True)
 
 
-SECTIONS = {"model": ModelConfig, "objective": ObjectiveConfig, "data": DataConfig, "train": TrainConfig}
+@dataclass
+class LoggingConfig:
+    report_to: str = _help("wandb or none; W&B runs offline (upload later with `wandb sync`) when there is no "
+                           "login, and WANDB_MODE is honoured", "wandb")
+    wandb_project: str | None = _help("W&B project; default $WANDB_PROJECT, else dslm")
+    wandb_entity: str | None = _help("W&B entity (team or user); default $WANDB_ENTITY")
+    wandb_group: str | None = _help("W&B group, to compare runs side by side; default $WANDB_RUN_GROUP")
+    wandb_tags: str | None = _help("comma-separated W&B tags; default $WANDB_TAGS")
+    run_name: str | None = _help("run name; default $WANDB_NAME, else objective-model-size-zero stage")
+
+
+SECTIONS = {"model": ModelConfig, "objective": ObjectiveConfig, "data": DataConfig, "train": TrainConfig,
+            "logging": LoggingConfig}
 
 
 @dataclass
@@ -129,6 +141,7 @@ class RunConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     # Flags the user gave explicitly: a DeepSpeed JSON value may only contradict a default.
     given: frozenset[str] = frozenset()
 
@@ -189,6 +202,9 @@ class RunConfig:
         if t.lr_scheduler_type not in SCHEDULERS:
             raise ConfigError(f"unknown --lr_scheduler_type {t.lr_scheduler_type!r}: use one of "
                               f"{', '.join(SCHEDULERS)}")
+        if self.logging.report_to not in ("wandb", "none", "all"):
+            raise ConfigError(f"--report_to {self.logging.report_to!r}: dslm reports to wandb or none "
+                              f"(metrics.jsonl is always written)")
         if t.bf16 and t.fp16:
             raise ConfigError("--bf16 and --fp16 conflict: pick one precision")
         if not 0 <= d.validation_split_percentage < 100:

@@ -103,6 +103,14 @@ class StopFlag:
         return any_true(self.requested is not None)
 
 
+def all_gather_object(obj: Any) -> list[Any]:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast(obj: Any) -> Any:
     """Rank 0's `obj` on every rank."""
     if not dist.is_initialized() or dist.get_world_size() == 1:

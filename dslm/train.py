@@ -6,6 +6,8 @@ import hashlib
 import json
 import math
 import shutil
+import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from dslm import checkpoint, data, dist, ds_config, evaluation, metrics, model, objectives
+from dslm import checkpoint, data, dist, ds_config, evaluation, metrics, model, objectives, redact
 from dslm.config import ConfigError, RunConfig
 
 RUN_OUTPUTS = ("checkpoints", "final", "metrics.jsonl", "results.json", "ds_config.json", "run_config.json")
@@ -238,8 +240,8 @@ def run(config: RunConfig) -> dict[str, Any]:
         if not found:
             clear_previous_run(out, checkpoints=t.overwrite_output_dir)
         (out / "ds_config.json").write_text(json.dumps(ds, indent=2))
-        (out / "run_config.json").write_text(json.dumps({**config.to_dict(), "objective_resolved": objective,
-                                                         "model_type": family}, indent=2))
+        (out / "run_config.json").write_text(json.dumps(redact.redact(
+            {**config.to_dict(), "objective_resolved": objective, "model_type": family}), indent=2))
     n_train = "streamed" if streaming else len(prepared.train)
     say(f"{objective} | {family} {n_params / 1e6:.2f}M params | ZeRO-{stage} | {world} ranks | {n_train} train / "
         f"{len(prepared.validation or [])} eval examples of {config.data.max_seq_length} tokens | {total_steps} steps "
@@ -252,119 +254,163 @@ def run(config: RunConfig) -> dict[str, Any]:
     def save(at: int) -> Path:
         state = {"step": at, "epoch": epoch, "samples": samples, "samples_in_epoch": samples_in_epoch,
                  "tokens_seen": tokens_seen, "world_size": world, "zero_stage": stage, "objective": objective,
-                 "model_type": family, "data_fingerprint": prepared.fingerprint, "config": config.to_dict()}
+                 "model_type": family, "data_fingerprint": prepared.fingerprint,
+                 "config": redact.redact(config.to_dict())}
         started = time.perf_counter()
         path = ckpt.save(engine, at, state, module.config, prepared.tokenizer)
         tracker.log(at, {"checkpoint/save_seconds": time.perf_counter() - started,
                          "checkpoint/size_mb": (ckpt.last_size or 0) / 2**20})
         return path
 
+    hosts = dist.all_gather_object(socket.gethostname())
+    wandb_run = None
+    if tracker_enabled and config.logging.report_to != "none" and metrics.wandb_mode() != "disabled":
+        run_facts = {"world_size": world, "nodes": len(set(hosts)), "ranks_per_node": world // len(set(hosts)),
+                     "parameters": n_params, "tokens_per_step": tokens_per_step, "total_steps": total_steps,
+                     "train_examples": None if streaming else len(prepared.train),
+                     "eval_examples": len(prepared.validation or []), "data_fingerprint": prepared.fingerprint,
+                     "objective": objective, "model_type": family, "zero_stage": stage}
+        wandb_config = redact.redact({**config.to_dict(), "deepspeed": ds, "run": run_facts,
+                                      "versions": library_versions(), "git_commit": git_commit()})
+        wandb_run = metrics.WandbRun(out, resume_step=step if found else None, job_type=objective,
+                                     config=wandb_config,
+                                     name=f"{objective}-{family}-{n_params / 1e6:.1f}M-zero{stage}",
+                                     logging=config.logging, say=say)
     stop = dist.StopFlag()
     stop.install()
-    tracker = metrics.Tracker(out, total_steps, enabled=tracker_enabled, start_step=step)
-    before: dict[str, float] = {}
-    if step == 0:
-        before = run_eval()
-        if before:
-            tracker.log(0, before)
-            tracker.print(f"eval before training: loss {before['eval/loss']:.4f} "
-                          f"perplexity {before['eval/perplexity']:.2f} accuracy {before['eval/accuracy']:.4f}")
+    tracker = metrics.Tracker(out, total_steps, enabled=tracker_enabled, start_step=step, wandb_run=wandb_run)
 
-    gas = t.gradient_accumulation_steps
-    own_norm = None
-    window = torch.zeros(3, device=engine.device)  # [summed loss, micro batches, tokens] since the last log
-    last_log = start = time.perf_counter()
-    start_step = step
-    engine.train()
-    stream = micro_batches(loader, sampler, epoch, samples_in_epoch)
-    train_loss = None
-    while step < total_steps:
-        logging_now = (step + 1) % t.logging_steps == 0 or step + 1 == total_steps
-        for micro_step in range(gas):
-            batch_epoch, batch = next(stream)
-            if batch_epoch != epoch:
-                epoch, samples_in_epoch = batch_epoch, 0
-            # Counted on the CPU copy: no device sync in the hot loop.
-            n_tokens = int(batch["attention_mask"].sum())
-            batch = {k: v.to(engine.device, non_blocking=True) for k, v in batch.items()}
-            loss = engine(**batch).loss
-            engine.backward(loss)
-            if logging_now and micro_step == gas - 1 and stage == 0:
-                # Without ZeRO DeepSpeed reports no gradient norm; the averaged grads are here until step().
-                own_norm = torch.nn.utils.get_total_norm([p.grad for p in module.parameters() if p.grad is not None])
-            engine.step()
-            window[0] += loss.detach().float()
-            window[1] += 1
-            window[2] += n_tokens
-            samples += micro * world
-            samples_in_epoch += micro * world
-        step += 1
-        tracker.advance()
+    try:
+        before: dict[str, float] = {}
+        if step == 0:
+            before = run_eval()
+            if before:
+                tracker.log(0, before)
+                tracker.print(f"eval before training: loss {before['eval/loss']:.4f} "
+                              f"perplexity {before['eval/perplexity']:.2f} accuracy {before['eval/accuracy']:.4f}")
 
-        if step % t.logging_steps == 0 or step == total_steps:
-            torch.distributed.all_reduce(window)
-            now = time.perf_counter()
-            train_loss = (window[0] / window[1]).item()
-            tokens_seen += int(window[2].item())  # real tokens on all ranks, padding excluded
-            grad_norm = engine.get_global_grad_norm() if stage else own_norm
-            figures = {
-                "train/loss": train_loss,
-                "train/learning_rate": engine.get_lr()[0],
-                "train/grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "train/epoch": epoch if streaming else samples / (micro_per_epoch * micro * world),
-                "train/tokens_seen": tokens_seen,
-                "perf/tokens_per_second": window[2].item() / (now - last_log),
-                "perf/samples_per_second": window[1].item() * micro / (now - last_log),
-                "perf/step_time": (now - last_log) / (window[1].item() / world / gas),
-                **metrics.memory_figures(),
-            }
-            window.zero_()
-            last_log = now
-            tracker.log(step, figures)
-        if t.eval_steps and step % t.eval_steps == 0 and step != total_steps:
-            figures = run_eval()
-            if figures:
+        gas = t.gradient_accumulation_steps
+        own_norm = None
+        window = torch.zeros(3, device=engine.device)  # [summed loss, micro batches, tokens] since the last log
+        last_log = start = time.perf_counter()
+        start_step = step
+        engine.train()
+        stream = micro_batches(loader, sampler, epoch, samples_in_epoch)
+        train_loss = None
+        while step < total_steps:
+            logging_now = (step + 1) % t.logging_steps == 0 or step + 1 == total_steps
+            for micro_step in range(gas):
+                batch_epoch, batch = next(stream)
+                if batch_epoch != epoch:
+                    epoch, samples_in_epoch = batch_epoch, 0
+                # Counted on the CPU copy: no device sync in the hot loop.
+                n_tokens = int(batch["attention_mask"].sum())
+                batch = {k: v.to(engine.device, non_blocking=True) for k, v in batch.items()}
+                loss = engine(**batch).loss
+                engine.backward(loss)
+                if logging_now and micro_step == gas - 1 and stage == 0:
+                    # Without ZeRO DeepSpeed reports no gradient norm; the averaged grads are here until step().
+                    grads = [p.grad for p in module.parameters() if p.grad is not None]
+                    own_norm = torch.nn.utils.get_total_norm(grads)
+                engine.step()
+                window[0] += loss.detach().float()
+                window[1] += 1
+                window[2] += n_tokens
+                samples += micro * world
+                samples_in_epoch += micro * world
+            step += 1
+            tracker.advance()
+
+            if step % t.logging_steps == 0 or step == total_steps:
+                torch.distributed.all_reduce(window)
+                now = time.perf_counter()
+                train_loss = (window[0] / window[1]).item()
+                tokens_seen += int(window[2].item())  # real tokens on all ranks, padding excluded
+                grad_norm = engine.get_global_grad_norm() if stage else own_norm
+                figures = {
+                    "train/loss": train_loss,
+                    "train/learning_rate": engine.get_lr()[0],
+                    "train/grad_norm": float(grad_norm) if grad_norm is not None else None,
+                    "train/epoch": epoch if streaming else samples / (micro_per_epoch * micro * world),
+                    "train/tokens_seen": tokens_seen,
+                    "perf/tokens_per_second": window[2].item() / (now - last_log),
+                    "perf/samples_per_second": window[1].item() * micro / (now - last_log),
+                    "perf/step_time": (now - last_log) / (window[1].item() / world / gas),
+                    **metrics.memory_figures(),
+                }
+                window.zero_()
+                last_log = now
                 tracker.log(step, figures)
-                tracker.print(f"step {step}: eval loss {figures['eval/loss']:.4f} "
-                              f"perplexity {figures['eval/perplexity']:.2f}")
-        saved = t.save_steps and step % t.save_steps == 0 and step != total_steps
-        if saved:
-            save(step)
-        if step != total_steps and stop.agreed():
-            path = ckpt.root / checkpoint.tag(step) if saved else save(step)
-            tracker.close()
-            raise dist.Stopped(f"stopped by {stop.requested or 'a signal on another rank'} at step {step}; "
-                               f"checkpoint {path} is committed: run the same command to resume")
-    train_time = time.perf_counter() - start
-    tracker.close()
+            if t.eval_steps and step % t.eval_steps == 0 and step != total_steps:
+                figures = run_eval()
+                if figures:
+                    tracker.log(step, figures)
+                    tracker.print(f"step {step}: eval loss {figures['eval/loss']:.4f} "
+                                  f"perplexity {figures['eval/perplexity']:.2f}")
+            saved = t.save_steps and step % t.save_steps == 0 and step != total_steps
+            if saved:
+                save(step)
+            if step != total_steps and stop.agreed():
+                path = ckpt.root / checkpoint.tag(step) if saved else save(step)
+                tracker.close()
+                raise dist.Stopped(f"stopped by {stop.requested or 'a signal on another rank'} at step {step}; "
+                                   f"checkpoint {path} is committed: run the same command to resume")
+        train_time = time.perf_counter() - start
+        tracker.close()
 
-    after = run_eval()
-    if after:
-        tracker.log(step, after)
-    final = save(step)
-    if dist.is_main():
-        checkpoint.export(final, out / "final", check=False)
-    dist.barrier()
+        after = run_eval()
+        if after:
+            tracker.log(step, after)
+        final = save(step)
+        if dist.is_main():
+            checkpoint.export(final, out / "final", check=False)
+        dist.barrier()
 
-    trained_tokens = tokens_seen
-    results = {
-        "objective": objective, "model_type": family, "world_size": world, "zero_stage": stage,
-        "data_fingerprint": prepared.fingerprint, "resumed_from_step": start_step or None,
-        "train": {"steps": step, "samples": samples, "tokens": trained_tokens, "loss": train_loss,
-                  "runtime_s": train_time,
-                  "tokens_per_second": trained_tokens / train_time if train_time else None},
-        "eval_before": before, "eval": after,
-    }
-    if dist.is_main():
-        (out / "results.json").write_text(json.dumps(results, indent=2))
-        summary = f"done: {step} steps in {train_time:.0f}s ({tokens_seen / train_time:.0f} tokens/s)"
-        if before and after:
-            summary += (f"; eval perplexity {before['eval/perplexity']:.2f} -> {after['eval/perplexity']:.2f}, "
-                        f"accuracy {before['eval/accuracy']:.3f} -> {after['eval/accuracy']:.3f}")
-        elif after:
-            summary += f"; eval perplexity {after['eval/perplexity']:.2f}"
-        print(summary + f"; model in {out / 'final'}", flush=True)
-    return results
+        trained_tokens = tokens_seen
+        results = {
+            "objective": objective, "model_type": family, "world_size": world, "zero_stage": stage,
+            "data_fingerprint": prepared.fingerprint, "resumed_from_step": start_step or None,
+            "train": {"steps": step, "samples": samples, "tokens": trained_tokens, "loss": train_loss,
+                      "runtime_s": train_time,
+                      "tokens_per_second": trained_tokens / train_time if train_time else None},
+            "eval_before": before, "eval": after,
+        }
+        if dist.is_main():
+            (out / "results.json").write_text(json.dumps(results, indent=2))
+            summary = f"done: {step} steps in {train_time:.0f}s ({tokens_seen / train_time:.0f} tokens/s)"
+            if before and after:
+                summary += (f"; eval perplexity {before['eval/perplexity']:.2f} -> {after['eval/perplexity']:.2f}, "
+                            f"accuracy {before['eval/accuracy']:.3f} -> {after['eval/accuracy']:.3f}")
+            elif after:
+                summary += f"; eval perplexity {after['eval/perplexity']:.2f}"
+            print(summary + f"; model in {out / 'final'}", flush=True)
+        tracker.close(exit_code=0)
+        return results
+
+    except BaseException as exc:  # the W&B run records how the job ended, then the error goes on
+        tracker.close(exit_code=getattr(exc, "exit_code", 1))
+        raise
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("dslm", "torch", "deepspeed", "transformers", "datasets", "tokenizers", "wandb"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_commit() -> str | None:
+    """The commit of the dslm checkout that runs, when it is one."""
+    try:
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
 
 
 def find_resume(config: RunConfig, ckpt: checkpoint.Checkpointer) -> checkpoint.Found | None:
