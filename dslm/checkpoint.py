@@ -182,20 +182,25 @@ class Checkpointer:
              tokenizer: PreTrainedTokenizerBase) -> Path:
         tag_dir = self.root / tag(step)
         main = dist.is_main()
-        if tag_dir.exists() and not self._ours(tag_dir):
-            raise CheckpointError(f"{tag_dir} belongs to another run: dslm will not overwrite it; move it away or "
-                                  f"use another --output_dir")
+        # Rank 0 decides and tells the others: ranks looking at the directory while rank 0
+        # prepares it could disagree, and one rank raising alone would hang the rest.
+        problem = None
         if main:
-            if tag_dir.exists():  # a leftover of this step from this run, killed before the commit
-                shutil.rmtree(tag_dir)
-            tag_dir.mkdir(parents=True)
-            (tag_dir / STARTED).write_text(json.dumps({"run_fingerprint": self.fingerprint}))
-        problem = dist.broadcast(self._space_problem(tag_dir) if main else None)
+            if tag_dir.exists() and not self._ours(tag_dir):
+                problem = (f"{tag_dir} belongs to another run: dslm will not overwrite it; move it away or use "
+                           f"another --output_dir")
+            else:
+                if tag_dir.exists():  # this run's leftover of this step (killed before the commit, or replaced)
+                    remove(tag_dir)
+                tag_dir.mkdir(parents=True)
+                write_atomically(tag_dir / STARTED, json.dumps({"run_fingerprint": self.fingerprint}))
+                problem = self._space_problem(tag_dir)
+                if problem:
+                    remove(tag_dir)
+        problem = dist.broadcast(problem)
         if problem:
-            if main:
-                shutil.rmtree(tag_dir, ignore_errors=True)
             raise CheckpointError(problem)
-        failure: OSError | None = None
+        failure: Exception | None = None
         try:
             # save_latest=False: DeepSpeed would move its `latest` before every rank has finished.
             with _quiet():
@@ -205,14 +210,14 @@ class Checkpointer:
                 (tag_dir / STATE).write_text(json.dumps({**state, "run_fingerprint": self.fingerprint}, indent=2))
                 model_config.save_pretrained(str(tag_dir))
                 tokenizer.save_pretrained(str(tag_dir))
-        except OSError as exc:
+        except Exception as exc:  # torch.save reports a full disk as RuntimeError, the rest as OSError
             failure = exc
         if os.environ.get("DSLM_TEST_KILL_AT_SAVE") == f"{step}:{dist.rank()}":
             os.kill(os.getpid(), 9)  # fault injection for the tests: die between the shards and the commit
         # Every rank's shards are on disk, or some rank failed: all ranks learn which.
         if dist.any_true(failure is not None):
             if main:
-                shutil.rmtree(tag_dir, ignore_errors=True)
+                remove(tag_dir)
             raise self._failed(tag_dir, failure)
         if main:
             files = {str(p.relative_to(tag_dir)): [p.stat().st_size, _sha256(p)] for p in _files(tag_dir)}
@@ -220,7 +225,7 @@ class Checkpointer:
             write_atomically(tag_dir / COMMIT, json.dumps({"step": step}))
             write_atomically(self.root / POINTER, tag(step))
             self.last_size = sum(size for size, _ in files.values())
-            self.rotate()
+            self.rotate(step)
         dist.barrier()
         return tag_dir
 
@@ -235,39 +240,48 @@ class Checkpointer:
                     f"lower --save_total_limit, then run the same command to resume")
         return None
 
-    def _failed(self, tag_dir: Path, exc: OSError | None) -> CheckpointError:
+    def _failed(self, tag_dir: Path, exc: Exception | None) -> CheckpointError:
         previous = next((t.name for t in self.tags() if (t / COMMIT).exists() and t != tag_dir), None)
         kept = f"the last committed checkpoint ({previous}) is intact" if previous else "no earlier checkpoint exists"
-        if exc is None:
-            reason = "on another rank"
+        if exc is None:  # the rank that failed says why; of the others, rank 0 says that it happened
+            error = CheckpointError(f"saving checkpoint {tag_dir.name} failed on another rank; {kept}")
+            error.same_on_every_rank = True
+            return error
         else:
-            reason = f"on rank {dist.rank()}: " + ("no space left on device" if exc.errno == errno.ENOSPC else str(exc))
+            full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc)
+            reason = f"on rank {dist.rank()}: " + ("no space left on device" if full else str(exc).splitlines()[0])
         return CheckpointError(f"saving checkpoint {tag_dir.name} failed {reason}; {kept}: "
                                f"free space or lower --save_total_limit, then run the same command to resume")
 
-    def rotate(self) -> None:
-        """Keep the newest `limit` committed checkpoints of this run plus milestones; remove older
-        interrupted saves of this run. Never touches anything else in the directory."""
+    def rotate(self, current: int) -> None:
+        """After committing step `current`: keep the newest `limit` committed checkpoints of this run
+        plus milestones, and drop this run's checkpoints past `current` (a timeline abandoned by
+        resuming from an older one) and its interrupted saves. Never touches anything else."""
         ours = [t for t in self.tags() if self._ours(t)]
-        committed = [t for t in ours if (t / COMMIT).exists()]
-        if not committed:
-            return
+        committed = [t for t in ours if (t / COMMIT).exists() and step_of(t) <= current]
         keep = set(committed[: self.limit] if self.limit else committed)
         if self.milestone:
             keep |= {t for t in committed if step_of(t) % self.milestone == 0}
-        newest = step_of(committed[0])
         for t in ours:
-            interrupted = not (t / COMMIT).exists() and step_of(t) < newest
-            if (t in committed and t not in keep) or interrupted:
-                shutil.rmtree(t, ignore_errors=True)
+            if t not in keep and step_of(t) != current:
+                remove(t)
 
     def estimate_line(self, n_params: int, mixed_precision: bool, limit: int | None) -> str:
         # fp32 weights + Adam's two moments (+ fp32 master weights under mixed precision)
         size = n_params * (4 + 8 + (4 if mixed_precision else 0))
         if self.last_size:
             size = self.last_size
-        bound = f"at most {limit} x = {limit * size / 2**20:.1f} MiB" if limit else "no --save_total_limit: unbounded"
+        # A new checkpoint is written before rotation removes the oldest: K + 1 exist for a moment.
+        bound = (f"at most {limit} + 1 while saving = {(limit + 1) * size / 2**20:.1f} MiB (plus milestones)"
+                 if limit else "no --save_total_limit: unbounded")
         return f"checkpoints: ~{size / 2**20:.1f} MiB each, {bound}, in {self.root}"
+
+
+def remove(path: Path) -> None:
+    """Rename, then delete: a kill midway leaves a hidden directory, not a half checkpoint."""
+    trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+    path.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def to_universal(tag_dir: Path) -> Path:
@@ -310,10 +324,12 @@ def consolidated_state_dict(checkpoint_dir: Path, zero_stage: int) -> dict[str, 
         return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir.parent), tag=checkpoint_dir.name)
 
 
-def export(checkpoint_dir: Path, out: Path, check: bool = True) -> None:
+def export(checkpoint_dir: Path, out: Path, check: bool = True, overwrite: bool = False) -> None:
     """Any committed checkpoint (any ZeRO stage) -> a directory `from_pretrained` loads."""
     from transformers import AutoConfig, AutoTokenizer
 
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise CheckpointError(f"{out} exists and is not empty: give a new directory for the export")
     problem = verify(checkpoint_dir) if check else None
     if problem:
         raise CheckpointError(f"cannot export {checkpoint_dir}: {problem}")
@@ -332,7 +348,7 @@ def export(checkpoint_dir: Path, out: Path, check: bool = True) -> None:
     model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
     if out.exists():
-        shutil.rmtree(out)
+        remove(out)
     tmp.rename(out)
 
 

@@ -42,26 +42,39 @@ def builtin_texts() -> list[str]:
     return [topics[name] for name in sorted(topics)]
 
 
-def source_fingerprint(cfg: DataConfig) -> str:
-    """Identify the raw data without reading all of it: an edit changes size, time or the sampled bytes."""
+def _fingerprint(cfg: DataConfig, exact_source: bool) -> str:
+    """Identify the raw data without reading all of it: its size and first and last MiB, and with
+    `exact_source` also its path and modification time (and the built-in texts themselves)."""
     h = hashlib.sha256()
     if cfg.dataset_name:
-        h.update(f"hub:{cfg.dataset_name}:{cfg.dataset_config_name}".encode())
+        name = cfg.dataset_name if exact_source else Path(cfg.dataset_name).name
+        h.update(f"hub:{name}:{cfg.dataset_config_name}".encode())
     elif cfg.train_file:
-        for path in (cfg.train_file, cfg.validation_file):
-            if path:
-                stat = Path(path).stat()
-                h.update(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-                with open(path, "rb") as f:
-                    h.update(f.read(1 << 20))
-                    f.seek(max(0, stat.st_size - (1 << 20)))
-                    h.update(f.read(1 << 20))
-            h.update(b"\0")
-    else:
+        for path in filter(None, (cfg.train_file, cfg.validation_file)):
+            stat = Path(path).stat()
+            if exact_source:
+                h.update(f"{Path(path).resolve()}|{stat.st_mtime_ns}".encode())
+            with open(path, "rb") as f:
+                h.update(f"{stat.st_size}|".encode() + f.read(1 << 20))
+                f.seek(max(0, stat.st_size - (1 << 20)))
+                h.update(f.read(1 << 20) + b"\0")
+    elif exact_source:
         for text in builtin_texts():
             h.update(text.encode())
+    else:
+        h.update(b"builtin")
     h.update(f"|{cfg.text_column}|{cfg.validation_split_percentage}|{cfg.line_by_line}".encode())
     return h.hexdigest()[:16]
+
+
+def source_fingerprint(cfg: DataConfig) -> str:
+    """Keys the caches: any edit of the data (size, time, sampled bytes) builds them anew."""
+    return _fingerprint(cfg, exact_source=True)
+
+
+def content_fingerprint(cfg: DataConfig) -> str:
+    """Part of a run's identity: the same data copied elsewhere or touched is still the same run."""
+    return _fingerprint(cfg, exact_source=False) + f"-{cfg.max_seq_length}"
 
 
 def _pick_text_column(ds: Dataset, wanted: str | None, where: str) -> str:
@@ -210,12 +223,20 @@ class StreamBlocks(torch.utils.data.IterableDataset):
         self.config, self.columns = config, columns
         self.encode = encoder(tokenizer, columns, line_by_line=config.data.line_by_line,
                               max_seq_length=config.data.max_seq_length)
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """A resumed pass skips the `skip` samples (all ranks together) consumed before."""
+        self.skip = skip
 
     def __iter__(self) -> Iterator[dict[str, list]]:
         info = torch.utils.data.get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         shards, shard = dist.world_size() * workers, dist.rank() * workers + worker
         texts = (t for i, t in enumerate(stream_texts(self.config)) if i % shards == shard)
+        return itertools.islice(self._examples(texts), self.skip // shards, None)
+
+    def _examples(self, texts: Iterator[str]) -> Iterator[dict[str, list]]:
         block = self.config.data.max_seq_length
         buffers: dict[str, list] = {name: [] for name in self.columns}
         for batch in itertools.batched(texts, 1000) if hasattr(itertools, "batched") else _batched(texts, 1000):

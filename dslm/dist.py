@@ -48,8 +48,9 @@ def init() -> None:
     if "RANK" not in os.environ:  # a plain process, not started by deepspeed or torchrun
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    # Without LOCAL_RANK DeepSpeed falls back to MPI discovery (and fails without mpi4py).
-    os.environ.setdefault("LOCAL_RANK", os.environ.get("RANK", "0"))
+    # Without LOCAL_RANK DeepSpeed falls back to MPI discovery (and fails without mpi4py). Env
+    # launchers (a Kubernetes pod per node) start one process per node: local rank 0.
+    os.environ.setdefault("LOCAL_RANK", "0")
     backend = "gloo" if get_accelerator().device_name() == "cpu" else None
     deepspeed.init_distributed(dist_backend=backend)
     if torch.cuda.is_available():
@@ -87,8 +88,13 @@ class StopFlag:
     protocol keeps the last committed checkpoint intact.
     """
 
+    # Launchers pass a Ctrl-C on as SIGTERM right after the terminal's SIGINT: a repeat this
+    # soon is the same request, not a second one.
+    REPEAT_GRACE_S = 10.0
+
     def __init__(self) -> None:
         self.requested: str | None = None
+        self.at = 0.0
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -96,8 +102,10 @@ class StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
-            os._exit(128 + signum)
-        self.requested = signal.Signals(signum).name
+            if time.monotonic() - self.at > self.REPEAT_GRACE_S:
+                os._exit(128 + signum)
+            return
+        self.requested, self.at = signal.Signals(signum).name, time.monotonic()
 
     def agreed(self) -> bool:
         return any_true(self.requested is not None)

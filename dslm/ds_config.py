@@ -31,7 +31,7 @@ KNOWN_KEYS = {
     "hybrid_engine", "use_node_local_storage", "timers", "weight_quantization", "zenflow",
 }
 SCHEDULER_TYPES = {"WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "OneCycle", "LRRangeTest"}
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
+DEFAULT_DIR = Path(__file__).resolve().parent / "ds_configs"  # the repo's ds_configs/ links here
 
 
 def locate(path: str) -> Path:
@@ -61,7 +61,13 @@ def load(path: str) -> dict[str, Any]:
             close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"--deepspeed {p}: unknown key {key!r}{hint}; DeepSpeed would ignore it")
+    for key in ("zero_optimization", "optimizer", "scheduler", "bf16", "fp16"):
+        if key in ds and not isinstance(ds[key], dict):
+            raise ConfigError(f"--deepspeed {p}: {key} must be a JSON object, got {ds[key]!r}")
     zero = ds.get("zero_optimization", {})
+    for key in ("offload_optimizer", "offload_param"):
+        if key in zero and not isinstance(zero[key], dict):
+            raise ConfigError(f"--deepspeed {p}: zero_optimization.{key} must be a JSON object, got {zero[key]!r}")
     stage = zero.get("stage", 0)
     if stage not in (0, 1, 2, 3):
         raise ConfigError(f"--deepspeed {p}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
@@ -133,15 +139,28 @@ def resolve(ds_in: dict[str, Any], config: RunConfig, *, world_size: int, total_
         betas_flag = "adam_beta1" if "adam_beta1" in config.given else "adam_beta2"
         _set(ds, "optimizer.params.betas", [t.adam_beta1, t.adam_beta2], config, betas_flag, source)
         params = ds["optimizer"].setdefault("params", {})
+        # Keys the JSON leaves out would silently take DeepSpeed's defaults (lr 1e-3): the flags fill them.
+        params.setdefault("lr", t.learning_rate)
+        params.setdefault("weight_decay", t.weight_decay)
+        params.setdefault("eps", t.adam_epsilon)
+        params.setdefault("betas", [t.adam_beta1, t.adam_beta2])
         offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
         if on_cpu and offload in (None, "none") and ds["optimizer"].get("type", "").lower() in ("adam", "adamw"):
             # On CPU DeepSpeed would JIT-compile fused Adam for a minute; torch's Adam is as fast here.
             params.setdefault("torch_adam", True)
     if "scheduler" in ds:
+        if "lr_scheduler_type" in config.given:
+            raise ConfigError(f"{source} has a scheduler section and --lr_scheduler_type is given: drop one "
+                              f"(without the section, --lr_scheduler_type picks a transformers scheduler)")
         kind = ds["scheduler"].get("type")
         if kind not in SCHEDULER_TYPES:
             raise ConfigError(f"{source}: unknown scheduler type {kind!r}; use one of {sorted(SCHEDULER_TYPES)} "
                               f"or drop the section to use --lr_scheduler_type")
+        sched = ds["scheduler"].setdefault("params", {})
+        sched.setdefault("warmup_num_steps", warmup_steps)
+        sched.setdefault("warmup_max_lr", t.learning_rate)
+        if kind in ("WarmupDecayLR", "WarmupCosineLR"):
+            sched.setdefault("total_num_steps", total_steps)
         _set(ds, "scheduler.params.warmup_num_steps", warmup_steps, config, "warmup_steps", source)
         _set(ds, "scheduler.params.total_num_steps", total_steps, config, "max_steps", source)
         _set(ds, "scheduler.params.warmup_max_lr", t.learning_rate, config, "learning_rate", source)

@@ -25,6 +25,30 @@ def memory_figures() -> dict[str, float]:
     return {"memory/rss_gb": psutil.Process().memory_info().rss / 2**30}
 
 
+# Dense peak TFLOP/s by GPU name and precision (vendor data sheets, without sparsity).
+PEAK_TFLOPS = {"H100": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},
+               "H200": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},
+               "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5}, "L4": {"bf16": 121.0, "fp16": 121.0, "fp32": 30.3}}
+
+
+def flops_per_token(n_params: int, n_layers: int, hidden: int, seq: int, objective: str) -> float:
+    """Training FLOPs per token, PaLM-style: 6N for the weights plus 12*L*H*T for attention
+    (forward and backward of QK^T and AV). XLNet's two attention streams double the attention term."""
+    attention = 12 * n_layers * hidden * seq
+    return 6 * n_params + attention * (2 if objective == "plm" else 1)
+
+
+def peak_flops(precision: str) -> float | None:
+    """Peak FLOP/s of this rank's GPU, or None where unknown (and on CPUs)."""
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    for key, table in PEAK_TFLOPS.items():
+        if key in name:
+            return table[precision] * 1e12
+    return None
+
+
 def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))  # exp overflows past ~700; 50 is already astronomically bad
 

@@ -120,6 +120,18 @@ def fit_positions(model_config: PretrainedConfig, config: RunConfig) -> None:
     model_config.max_position_embeddings = seq + (limit != model_config.max_position_embeddings) * 2
 
 
+def check_buildable(model_config: PretrainedConfig, objective: str) -> None:
+    """Build the model on the meta device (no memory, no time) to refuse impossible configs early."""
+    import copy
+
+    try:
+        with torch.device("meta"):
+            objectives.auto_class(objective).from_config(copy.deepcopy(model_config))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot build a {model_config.model_type} model from this config ({_first_line(exc)}): "
+                          f"fix --config_overrides") from None
+
+
 def build(config: RunConfig, model_config: PretrainedConfig, objective: str,
           tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:
     cls = objectives.auto_class(objective)
@@ -142,7 +154,11 @@ def build(config: RunConfig, model_config: PretrainedConfig, objective: str,
             setattr(model_config, name, token_id)
     if model_config.model_type in PADDING_OFFSET_FAMILIES:
         model_config.pad_token_id = tokenizer.pad_token_id
-    return cls.from_config(model_config, trust_remote_code=config.model.trust_remote_code)
+    try:
+        return cls.from_config(model_config, trust_remote_code=config.model.trust_remote_code)
+    except (ValueError, TypeError) as exc:  # e.g. a hidden size the number of heads does not divide
+        raise ConfigError(f"cannot build a {model_config.model_type} model from this config ({_first_line(exc)}): "
+                          f"fix --config_overrides") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -13,6 +13,7 @@ def run(config: RunConfig) -> data.Prepared:
     model.fit_positions(model.load_config(config), config)
     prepared = data.prepare(config, family, objective)
     n_val = len(prepared.validation) if prepared.validation is not None else 0
-    print(f"prepared {len(prepared.train)} train / {n_val} eval examples for {objective} ({family}) "
+    n_train = "streamed" if config.data.streaming else len(prepared.train)
+    print(f"prepared {n_train} train / {n_val} eval examples for {objective} ({family}) "
           f"in {config.cache_dir} (fingerprint {prepared.fingerprint}); `dslm train` with the same flags reuses it")
     return prepared

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
+import os
 import shutil
 import socket
 import subprocess
@@ -43,7 +45,8 @@ def check_output_dir(config: RunConfig) -> None:
 
 
 def run_fingerprint(config: RunConfig, objective: str, family: str, data_fingerprint: str) -> str:
-    """What makes checkpoints belong to this run: model, objective, data and seed (not step counts)."""
+    """What makes checkpoints belong to this run: model, objective, data content and seed; not step
+    counts, paths, file times or a retrained tokenizer, so a restarted pod still finds its run."""
     m = config.model
     key = [objective, family, m.model_name_or_path, m.config_overrides, data_fingerprint, config.train.seed]
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
@@ -53,8 +56,14 @@ def trim_metrics(out: Path, step: int) -> None:
     """A resumed run logs from `step` on: drop what the interrupted run logged after its checkpoint."""
     path = out / "metrics.jsonl"
     if path.exists():
-        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        checkpoint.write_atomically(path, "".join(f"{row}\n" for row in rows))
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                pass  # a line torn by the kill
+        checkpoint.write_atomically(path, "".join(f"{row}\n" for row in kept))
 
 
 def clear_previous_run(out: Path, checkpoints: bool) -> None:
@@ -121,11 +130,10 @@ def build_engine(module: torch.nn.Module, ds: dict[str, Any], config: RunConfig,
     return engine
 
 
-def micro_batches(loader: DataLoader, sampler: data.ResumableSampler | None, epoch: int, skip: int):
-    """Endless (epoch, batch) stream from `skip` samples into `epoch`; a stream just restarts."""
+def micro_batches(loader: DataLoader, position: data.ResumableSampler | data.StreamBlocks, epoch: int, skip: int):
+    """Endless (epoch, batch) stream from `skip` samples into `epoch`; a stream restarts its pass."""
     while True:
-        if sampler is not None:
-            sampler.set_epoch(epoch, skip)
+        position.set_epoch(epoch, skip)
         for batch in loader:
             yield epoch, batch
         epoch, skip = epoch + 1, 0
@@ -142,6 +150,8 @@ def run(config: RunConfig) -> dict[str, Any]:
         raise ConfigError(f"--objective plm needs an even --max_seq_length (got {config.data.max_seq_length})")
     model_config = model.load_config(config)
     model.fit_positions(model_config, config)
+    if not config.model.model_name_or_path:
+        model.check_buildable(model_config, objective)
     ds_source = str(ds_config.locate(t.deepspeed))
     ds_raw = ds_config.load(t.deepspeed)
     check_output_dir(config)
@@ -152,6 +162,11 @@ def run(config: RunConfig) -> dict[str, Any]:
     on_cpu = get_accelerator().device_name() == "cpu"
     if on_cpu and t.fp16:
         raise ConfigError("--fp16 needs a GPU and this machine has none: use --bf16")
+    # Conflicts between the JSON and the flags, found now rather than after the data is prepared.
+    ds_config.resolve(ds_raw, config, world_size=int(os.environ.get("WORLD_SIZE", 1)),
+                      total_steps=max(t.max_steps, 1), warmup_steps=t.warmup_steps,
+                      hidden_size=getattr(model_config, "hidden_size", None) or 1,
+                      on_cpu=on_cpu, source=ds_source)
     dist.init()
     world, rank = dist.world_size(), dist.rank()
     tracker_enabled = dist.is_main()
@@ -165,6 +180,17 @@ def run(config: RunConfig) -> dict[str, Any]:
     if config.uses_builtin_corpus:
         say("data: the built-in corpus (Python's pydoc topics); give --train_file or --dataset_name for your own")
     out.mkdir(parents=True, exist_ok=True)
+
+    fingerprint = run_fingerprint(config, objective, family, data.content_fingerprint(config.data))
+    ckpt = checkpoint.Checkpointer(out, fingerprint, t.save_total_limit, t.save_milestone_steps,
+                                   warn=lambda msg: say(f"warning: {msg}"))
+    found = find_resume(config, ckpt)
+    if not found and not t.overwrite_output_dir and ckpt.foreign():
+        raise ConfigError(f"{ckpt.root} holds checkpoints of another run ({ckpt.foreign()[0].name}: different model, "
+                          f"data or seed): use another --output_dir, or --overwrite_output_dir to replace them")
+    if found and not (config.model.tokenizer_name or config.model.model_name_or_path):
+        # The model learned the ids of the tokenizer saved with it: a retrained one could differ.
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, tokenizer_name=str(found.path)))
 
     transformers.set_seed(t.seed)
     prepared = data.prepare(config, family, objective)
@@ -181,17 +207,14 @@ def run(config: RunConfig) -> dict[str, Any]:
     ds = ds_config.resolve(ds_raw, config, world_size=world, total_steps=total_steps, warmup_steps=warmup,
                            hidden_size=hidden, on_cpu=on_cpu, source=ds_source)
     stage = ds_config.zero_stage(ds)
-    fingerprint = run_fingerprint(config, objective, family, prepared.fingerprint)
-    ckpt = checkpoint.Checkpointer(out, fingerprint, t.save_total_limit, t.save_milestone_steps,
-                                   warn=lambda msg: say(f"warning: {msg}"))
-    found = find_resume(config, ckpt)
-    if not found and not t.overwrite_output_dir and ckpt.foreign():
-        raise ConfigError(f"{ckpt.root} holds checkpoints of another run ({ckpt.foreign()[0].name}: different model, "
-                          f"data or seed): use another --output_dir, or --overwrite_output_dir to replace them")
     load_dir = None
     if found:
-        load_dir = ckpt.root
-        if found.state["world_size"] != world and found.state["zero_stage"] > 0:
+        load_dir = found.path.parent
+        old_stage = found.state["zero_stage"]
+        if old_stage != stage:
+            raise ConfigError(f"{found.path} was saved with ZeRO-{old_stage} and this run uses ZeRO-{stage}: resume "
+                              f"with a ZeRO-{old_stage} config, or start over (--resume_from_checkpoint none)")
+        if found.state["world_size"] != world and stage > 0:
             # ZeRO shards are cut for the old world size: DeepSpeed's universal format re-cuts them.
             say(f"resuming a {found.state['world_size']}-rank checkpoint on {world} ranks: converting "
                 f"{found.path.name} to a universal checkpoint")
@@ -207,7 +230,9 @@ def run(config: RunConfig) -> dict[str, Any]:
     step = epoch = samples = samples_in_epoch = tokens_seen = 0
     if found:
         with checkpoint._quiet():
-            engine.load_checkpoint(str(load_dir), tag=found.path.name)
+            loaded, _ = engine.load_checkpoint(str(load_dir), tag=found.path.name)
+        if loaded is None:
+            raise checkpoint.CheckpointError(f"DeepSpeed could not load {found.path}: check that it is complete")
         state = found.state
         step, epoch, samples, tokens_seen = state["step"], state["epoch"], state["samples"], state["tokens_seen"]
         samples_in_epoch = state["samples_in_epoch"]
@@ -226,7 +251,8 @@ def run(config: RunConfig) -> dict[str, Any]:
     loader_rng.manual_seed(t.seed + rank)
     loader = DataLoader(prepared.train, batch_size=micro, sampler=sampler, collate_fn=collate, drop_last=True,
                         num_workers=t.dataloader_num_workers, pin_memory=not on_cpu, generator=loader_rng,
-                        persistent_workers=t.dataloader_num_workers > 0)
+                        # a stream's workers must see each pass's skip: no persistent workers
+                        persistent_workers=t.dataloader_num_workers > 0 and not streaming)
 
     def run_eval() -> dict[str, float]:
         if prepared.validation is None:
@@ -249,11 +275,23 @@ def run(config: RunConfig) -> dict[str, Any]:
     say(ckpt.estimate_line(n_params, t.bf16 or t.fp16, t.save_total_limit))
     if step >= total_steps:
         say(f"already trained to step {step} of {total_steps}: nothing to do (raise --max_steps to go further)")
+        if dist.is_main() and not (out / "final").exists():  # killed between the last commit and the export
+            checkpoint.export(found.path, out / "final", check=False)
+            say(f"exported {found.path} to {out / 'final'}")
+        dist.barrier()
         return json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
 
+    precision = "bf16" if t.bf16 else "fp16" if t.fp16 else "fp32"
+    peak = metrics.peak_flops(precision)
+    n_layers = getattr(module.config, "num_hidden_layers", None)
+    per_token = metrics.flops_per_token(n_params, n_layers or 0, hidden or 0, config.data.max_seq_length, objective)
+
     def save(at: int) -> Path:
+        unlogged = window[2].clone()  # tokens since the last log, not yet in tokens_seen
+        torch.distributed.all_reduce(unlogged)
         state = {"step": at, "epoch": epoch, "samples": samples, "samples_in_epoch": samples_in_epoch,
-                 "tokens_seen": tokens_seen, "world_size": world, "zero_stage": stage, "objective": objective,
+                 "tokens_seen": tokens_seen + int(unlogged.item()), "world_size": world, "zero_stage": stage,
+                 "objective": objective,
                  "model_type": family, "data_fingerprint": prepared.fingerprint,
                  "config": redact.redact(config.to_dict())}
         started = time.perf_counter()
@@ -295,7 +333,7 @@ def run(config: RunConfig) -> dict[str, Any]:
         last_log = start = time.perf_counter()
         start_step = step
         engine.train()
-        stream = micro_batches(loader, sampler, epoch, samples_in_epoch)
+        stream = micro_batches(loader, sampler or prepared.train, epoch, samples_in_epoch)
         train_loss = None
         while step < total_steps:
             logging_now = (step + 1) % t.logging_steps == 0 or step + 1 == total_steps
@@ -338,6 +376,8 @@ def run(config: RunConfig) -> dict[str, Any]:
                     "perf/step_time": (now - last_log) / (window[1].item() / world / gas),
                     **metrics.memory_figures(),
                 }
+                if peak and n_layers:  # model FLOPs utilisation, GPUs only
+                    figures["perf/mfu"] = figures["perf/tokens_per_second"] * per_token / (peak * world)
                 window.zero_()
                 last_log = now
                 tracker.log(step, figures)
@@ -363,7 +403,7 @@ def run(config: RunConfig) -> dict[str, Any]:
             tracker.log(step, after)
         final = save(step)
         if dist.is_main():
-            checkpoint.export(final, out / "final", check=False)
+            checkpoint.export(final, out / "final", check=False, overwrite=True)
         dist.barrier()
 
         trained_tokens = tokens_seen

@@ -232,3 +232,14 @@ def test_out_of_disk_space_keeps_the_previous_checkpoint(tmp_path):
         assert (out / "checkpoints" / "latest").read_text() == max(p.name for p in committed)
     finally:
         subprocess.run(["umount", str(out)])
+
+
+def test_export_refuses_a_non_empty_directory_and_a_zero_stage_change(reference, tmp_path):
+    last = reference / "checkpoints" / "step-00000008"
+    proc = dslm("export", str(last), str(reference), check=False)
+    assert proc.returncode == 1 and "exists and is not empty" in proc.stderr
+    assert (reference / "metrics.jsonl").exists()
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    proc = deepspeed(2, *flags(out, "--deepspeed", "zero3", steps=10), check=False)
+    assert proc.returncode == 2 and "was saved with ZeRO-2 and this run uses ZeRO-3" in proc.stderr

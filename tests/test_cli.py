@@ -59,6 +59,9 @@ def assert_one_line_error(code, err, message):
     (["--learning_rat", "1e-3"], "unknown flag --learning_rat (did you mean --learning_rate?)"),
     (["--config_overrides", "num_layers=2"], "configs have no field 'num_layers'"),
     (["--config_overrides", "num_hidden_layers=two"], "is not a valid int"),
+    (["--config_overrides", "hidden_size=129,num_attention_heads=2"], "cannot build a bert model"),
+    (["--report_to", "tensorboard"], "dslm reports to wandb or none"),
+    (["--lr_scheduler_type", "cosine", "--deepspeed", "tests/data/ds_with_scheduler.json"], "drop one"),
 ])
 def test_bad_input_gets_one_line_and_writes_nothing(capsys, tmp_path, args, message):
     out = tmp_path / "out"
