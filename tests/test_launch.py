@@ -1,0 +1,54 @@
+"""launch/multinode.sh: the environment file it hands DeepSpeed's launcher for the other nodes.
+
+Real multi-host runs (network namespaces, sshd, pdsh) belong to the multi-node launch tests; here
+a stand-in `deepspeed` on PATH records what the script passes it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+from conftest import ROOT
+
+FAKE = """#!/usr/bin/env bash
+cp "$DS_ENV_FILE" "{out}/env_file"
+stat -c %a "$DS_ENV_FILE" > "{out}/mode"
+printf '%s\\n' "$@" > "{out}/args"
+"""
+
+
+def run_script(tmp_path: Path, *args: str, extra_env: dict[str, str]) -> subprocess.CompletedProcess:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "deepspeed"
+    fake.write_text(FAKE.format(out=tmp_path))
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, **extra_env, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return subprocess.run(["bash", str(ROOT / "launch" / "multinode.sh"), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+
+
+def test_multinode_forwards_wandb_hf_network_and_python_settings(tmp_path):
+    (tmp_path / ".deepspeed_env").write_text("WANDB_PROJECT=stale\n")  # a leftover must not be used
+    proc = run_script(tmp_path, str(ROOT / "hostfiles" / "example"), "train", "--max_steps", "5",
+                      extra_env={"WANDB_PROJECT": "cmp", "WANDB_API_KEY": "k" * 40, "HF_HOME": "/data/hf",
+                                 "GLOO_SOCKET_IFNAME": "eth1", "TORCH_EXTENSIONS_DIR": "/cache/ext"})
+    assert proc.returncode == 0, proc.stderr
+    lines = set((tmp_path / "env_file").read_text().splitlines())
+    assert {"WANDB_PROJECT=cmp", "HF_HOME=/data/hf", "GLOO_SOCKET_IFNAME=eth1",
+            "TORCH_EXTENSIONS_DIR=/cache/ext", f"WANDB_API_KEY={'k' * 40}"} <= lines
+    assert any(line.startswith("PATH=") for line in lines)
+    assert "WANDB_PROJECT=stale" not in lines
+    assert (tmp_path / "mode").read_text().strip() == "600"
+    args = (tmp_path / "args").read_text().split()
+    assert args[:3] == ["--hostfile", str(ROOT / "hostfiles" / "example"), str(ROOT / "launch" / "train.py")]
+    assert args[3:] == ["train", "--max_steps", "5"]
+    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("dslm-deepspeed-env.*"))  # removed after
+
+
+def test_multinode_names_a_missing_hostfile(tmp_path):
+    proc = run_script(tmp_path, "nope", "train", extra_env={})
+    assert proc.returncode == 2 and "hostfile nope not found" in proc.stderr
