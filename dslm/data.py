@@ -352,7 +352,8 @@ def prepare(config: RunConfig, family: str, objective: str) -> Prepared:
         if corpus is None and cfg.streaming:  # only validation is cached; training text streams
             corpus = DatasetDict()
             if cfg.validation_file:
-                texts = _non_empty(_load_file(cfg.validation_file, cache, cfg.text_column)["text"], cfg.line_by_line)
+                column = _load_file(cfg.validation_file, cache, cfg.text_column)["text"]
+                texts = _non_empty([t for t in column if isinstance(t, str)], cfg.line_by_line)
                 corpus["validation"] = Dataset.from_dict({"text": texts})
         elif corpus is None:
             corpus = load_corpus(config)
@@ -368,18 +369,23 @@ def prepare(config: RunConfig, family: str, objective: str) -> Prepared:
         # WordPiece training breaks ties between merges in hash order, so two trainings on one
         # corpus can differ: one rank trains and every node receives its files, and the result is
         # kept per corpus so that later runs reuse it.
-        files = None
+        files: dict[str, bytes] | tuple[str, str] | None = None
         if dist.rank() == 0:
-            if not tokenizer_dir.exists():
-                if cfg.streaming:  # a sample of the stream is enough to learn a vocabulary
-                    texts = list(itertools.islice(stream_texts(config), STREAM_TOKENIZER_TEXTS))
-                else:
-                    texts = get_corpus()["train"]["text"]
-                batches = (texts[i:i + 1000] for i in range(0, len(texts), 1000))
-                trained = tok.train(family, batches, config.model.vocab_size)
-                _write_atomically(tokenizer_dir, lambda tmp: trained.save_pretrained(str(tmp)))
-            files = {p.name: p.read_bytes() for p in tokenizer_dir.iterdir()}
+            try:
+                if not tokenizer_dir.exists():
+                    if cfg.streaming:  # a sample of the stream is enough to learn a vocabulary
+                        texts = list(itertools.islice(stream_texts(config), STREAM_TOKENIZER_TEXTS))
+                    else:
+                        texts = get_corpus()["train"]["text"]
+                    batches = (texts[i:i + 1000] for i in range(0, len(texts), 1000))
+                    trained = tok.train(family, batches, config.model.vocab_size)
+                    _write_atomically(tokenizer_dir, lambda tmp: trained.save_pretrained(str(tmp)))
+                files = {p.name: p.read_bytes() for p in tokenizer_dir.iterdir()}
+            except ConfigError as exc:  # bad input: every rank stops with the same one line
+                files = ("error", str(exc))
         files = dist.broadcast(files)
+        if isinstance(files, tuple):
+            raise ConfigError(files[1])
         if dist.local_rank() == 0 and not tokenizer_dir.exists():
             _write_atomically(tokenizer_dir, lambda tmp: [(tmp / n).write_bytes(b) for n, b in files.items()])
         dist.barrier()

@@ -120,6 +120,20 @@ def fit_positions(model_config: PretrainedConfig, config: RunConfig) -> None:
     model_config.max_position_embeddings = seq + (limit != model_config.max_position_embeddings) * 2
 
 
+def resolve(config: RunConfig) -> tuple[str, str, PretrainedConfig]:
+    """(model family, objective, model config), with every check that needs no data or devices."""
+    fam = family(config)
+    objective = config.model.objective or objectives.default_objective(fam)
+    objectives.check(objective, fam)
+    if objective == "plm" and config.data.max_seq_length % 2:
+        raise ConfigError(f"--objective plm needs an even --max_seq_length (got {config.data.max_seq_length})")
+    model_config = load_config(config)
+    fit_positions(model_config, config)
+    if not config.model.model_name_or_path:
+        check_buildable(model_config, objective)
+    return fam, objective, model_config
+
+
 def check_buildable(model_config: PretrainedConfig, objective: str) -> None:
     """Build the model on the meta device (no memory, no time) to refuse impossible configs early."""
     import copy

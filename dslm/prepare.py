@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from dslm import data, model, objectives
+from dslm import data, model
 from dslm.config import RunConfig
 
 
 def run(config: RunConfig) -> data.Prepared:
-    family = model.family(config)
-    objective = config.model.objective or objectives.default_objective(family)
-    objectives.check(objective, family)
-    model.fit_positions(model.load_config(config), config)
+    family, objective, _ = model.resolve(config)
     prepared = data.prepare(config, family, objective)
     n_val = len(prepared.validation) if prepared.validation is not None else 0
     n_train = "streamed" if config.data.streaming else len(prepared.train)

@@ -143,15 +143,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     t = config.train
     out = Path(t.output_dir)
     # Everything that can be checked cheaply is checked before the process group or any output exists.
-    family = model.family(config)
-    objective = config.model.objective or objectives.default_objective(family)
-    objectives.check(objective, family)
-    if objective == "plm" and config.data.max_seq_length % 2:
-        raise ConfigError(f"--objective plm needs an even --max_seq_length (got {config.data.max_seq_length})")
-    model_config = model.load_config(config)
-    model.fit_positions(model_config, config)
-    if not config.model.model_name_or_path:
-        model.check_buildable(model_config, objective)
+    family, objective, model_config = model.resolve(config)
     ds_source = str(ds_config.locate(t.deepspeed))
     ds_raw = ds_config.load(t.deepspeed)
     check_output_dir(config)
