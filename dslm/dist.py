@@ -55,6 +55,25 @@ def init() -> None:
     deepspeed.init_distributed(dist_backend=backend)
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
+    _unlink_shm_segment()
+
+
+# DeepSpeed's CPU all-reduce maps one shared-memory segment per rank (/dev/shm, 66 MB each) when
+# all ranks share a node, and never unlinks it: every run leaked its segments until /dev/shm, which
+# is RAM, filled up. Once every rank has mapped its peers' segments (the barrier), the names are no
+# longer needed; unlinking them now frees the memory when the processes exit, even on SIGKILL.
+SHM_DIR = Path("/dev/shm")
+
+
+def shm_segment(rank_: int) -> Path:
+    """The file DeepSpeed's shm comm op creates for `rank_` of the current process group."""
+    return SHM_DIR / (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+                      f"{os.environ.get('MASTER_PORT', '')}_{rank_}")
+
+
+def _unlink_shm_segment() -> None:
+    barrier()
+    shm_segment(rank()).unlink(missing_ok=True)
 
 
 def barrier() -> None:
