@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from dslm import hostfile
 from dslm.config import EXIT_STOPPED, SECTIONS, ConfigError, DslmError, RunConfig, all_fields
 
 DEBUG_FLAG = "--debug"
@@ -133,6 +134,7 @@ COMMANDS = {
     "prepare": _with_flags(_prepare, "Train the tokenizer and tokenize the data into the cache, ahead of a launch."),
     "export": export,
     "plot": plot,
+    "hostfile": hostfile.COMMANDS,
 }
 
 

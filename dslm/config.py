@@ -115,6 +115,8 @@ class TrainConfig:
     bf16: bool = _help("train in bfloat16 mixed precision", False)
     fp16: bool = _help("train in float16 mixed precision (GPU only)", False)
     dataloader_num_workers: int = _help("DataLoader worker processes per rank", 0)
+    dist_timeout: float = _help("minutes a collective waits for the other ranks before the job fails, so a dead "
+                                "or hung rank ends the job instead of holding the nodes", 30.0)
     do_train: bool = _help("accepted for run_mlm.py compatibility: dslm always trains", True)
     do_eval: bool = _help("accepted for run_mlm.py compatibility: evaluation runs when there is "
                           "validation data", True)
@@ -178,7 +180,8 @@ class RunConfig:
                     "per_device_train_batch_size": t.per_device_train_batch_size,
                     "per_device_eval_batch_size": t.per_device_eval_batch_size,
                     "gradient_accumulation_steps": t.gradient_accumulation_steps,
-                    "learning_rate": t.learning_rate, "logging_steps": t.logging_steps}
+                    "learning_rate": t.learning_rate, "logging_steps": t.logging_steps,
+                    "dist_timeout": t.dist_timeout}
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"--{name} must be positive, got {value}")

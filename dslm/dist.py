@@ -9,6 +9,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +41,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init() -> None:
+def fill_launcher_env(env: dict[str, str] | os._Environ) -> None:
+    """Complete the rank variables the process group needs from whatever launched this process.
+
+    deepspeed and torchrun set them all. An environment launcher (a Kubernetes pod, a PyTorchJob,
+    plain variables) may set only MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE, and without LOCAL_RANK
+    DeepSpeed falls back to MPI discovery and fails on a missing mpi4py. `srun` sets only its own
+    SLURM_* variables. A process with none of them is a one-rank run.
+    """
+    if "RANK" not in env and "MASTER_ADDR" in env and "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:
+        # One task per rank under srun (launch/slurm.sbatch exports MASTER_ADDR for the step).
+        env.update(RANK=env["SLURM_PROCID"], WORLD_SIZE=env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")),
+                   LOCAL_RANK=env.get("SLURM_LOCALID", "0"))
+        env.setdefault("LOCAL_WORLD_SIZE", env.get("SLURM_STEP_TASKS_PER_NODE", "1").split("(")[0].split(",")[0])
+    if "RANK" not in env:  # a plain process, not started by any launcher
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        env.setdefault("MASTER_PORT", str(_free_port()))
+    if "LOCAL_RANK" not in env:
+        local = env.get("OMPI_COMM_WORLD_LOCAL_RANK")
+        if local is None and env.get("LOCAL_WORLD_SIZE", "").isdigit():
+            local = str(int(env["RANK"]) % int(env["LOCAL_WORLD_SIZE"]))
+        env["LOCAL_RANK"] = local or "0"  # one process per node, as pods usually run
+    env.setdefault("WORLD_SIZE", "1")
+    env.setdefault("MASTER_PORT", "29500")
+
+
+def init(timeout_minutes: float = 30.0) -> None:
     """Join the launcher's process group, or make a one-rank group for a plain `dslm train`."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
-    if "RANK" not in os.environ:  # a plain process, not started by deepspeed or torchrun
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    # Without LOCAL_RANK DeepSpeed falls back to MPI discovery (and fails without mpi4py). Env
-    # launchers (a Kubernetes pod per node) start one process per node: local rank 0.
-    os.environ.setdefault("LOCAL_RANK", "0")
+    fill_launcher_env(os.environ)
     backend = "gloo" if get_accelerator().device_name() == "cpu" else None
-    deepspeed.init_distributed(dist_backend=backend)
+    deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
     _unlink_shm_segment()

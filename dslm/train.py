@@ -8,7 +8,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -142,6 +141,7 @@ def micro_batches(loader: DataLoader, position: data.ResumableSampler | data.Str
 def run(config: RunConfig) -> dict[str, Any]:
     t = config.train
     out = Path(t.output_dir)
+    dist.fill_launcher_env(os.environ)  # the world size is known before the checks that use it
     # Everything that can be checked cheaply is checked before the process group or any output exists.
     family, objective, model_config = model.resolve(config)
     ds_source = str(ds_config.locate(t.deepspeed))
@@ -159,7 +159,7 @@ def run(config: RunConfig) -> dict[str, Any]:
                       total_steps=max(t.max_steps, 1), warmup_steps=t.warmup_steps,
                       hidden_size=getattr(model_config, "hidden_size", None) or 1,
                       on_cpu=on_cpu, source=ds_source)
-    dist.init()
+    dist.init(t.dist_timeout)
     world, rank = dist.world_size(), dist.rank()
     tracker_enabled = dist.is_main()
     transformers.logging.set_verbosity_error()  # advisory warnings; dslm reports what matters
@@ -292,10 +292,11 @@ def run(config: RunConfig) -> dict[str, Any]:
                          "checkpoint/size_mb": (ckpt.last_size or 0) / 2**20})
         return path
 
-    hosts = dist.all_gather_object(socket.gethostname())
+    # Each node has one local rank 0 (hostnames can repeat: containers, namespaces, several slurmd).
+    nodes = sum(dist.all_gather_object(dist.local_rank() == 0))
     wandb_run = None
     if tracker_enabled and config.logging.report_to != "none" and metrics.wandb_mode() != "disabled":
-        run_facts = {"world_size": world, "nodes": len(set(hosts)), "ranks_per_node": world // len(set(hosts)),
+        run_facts = {"world_size": world, "nodes": nodes, "ranks_per_node": world // nodes,
                      "parameters": n_params, "tokens_per_step": tokens_per_step, "total_steps": total_steps,
                      "train_examples": None if streaming else len(prepared.train),
                      "eval_examples": len(prepared.validation or []), "data_fingerprint": prepared.fingerprint,
@@ -400,7 +401,7 @@ def run(config: RunConfig) -> dict[str, Any]:
 
         trained_tokens = tokens_seen
         results = {
-            "objective": objective, "model_type": family, "world_size": world, "zero_stage": stage,
+            "objective": objective, "model_type": family, "world_size": world, "nodes": nodes, "zero_stage": stage,
             "data_fingerprint": prepared.fingerprint, "resumed_from_step": start_step or None,
             "train": {"steps": step, "samples": samples, "tokens": trained_tokens, "loss": train_loss,
                       "runtime_s": train_time,

@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from conftest import LAUNCH, ROOT, env, free_port, metrics, tiny_flags
 
 from dslm import dist
@@ -38,3 +39,26 @@ def test_shm_segments_are_mapped_but_unlinked_so_a_killed_run_leaks_no_memory(tm
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not list(dist.SHM_DIR.glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
+
+
+@pytest.mark.parametrize("given, expected", [
+    ({}, {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}),
+    # A PyTorchJob or a Kubernetes pod: one process per node, no LOCAL_RANK.
+    ({"MASTER_ADDR": "m", "MASTER_PORT": "1", "RANK": "3", "WORLD_SIZE": "4"},
+     {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "MASTER_ADDR": "m"}),
+    ({"MASTER_ADDR": "m", "RANK": "5", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"},
+     {"LOCAL_RANK": "1", "MASTER_PORT": "29500"}),
+    # One srun task per rank: SLURM's variables only.
+    ({"MASTER_ADDR": "m", "SLURM_PROCID": "3", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4",
+      "SLURM_LOCALID": "1", "SLURM_STEP_TASKS_PER_NODE": "2(x2)"},
+     {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}),
+    # The batch script itself is not a rank of a step: a one-rank run.
+    ({"MASTER_ADDR": "m", "SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, {"RANK": "0", "WORLD_SIZE": "1"}),
+    ({"RANK": "2", "LOCAL_RANK": "2", "WORLD_SIZE": "4", "MASTER_ADDR": "a", "MASTER_PORT": "9"},
+     {"RANK": "2", "LOCAL_RANK": "2", "WORLD_SIZE": "4", "MASTER_PORT": "9"}),
+])
+def test_launcher_variables_are_completed(given, expected):
+    env = dict(given)
+    dist.fill_launcher_env(env)
+    assert {k: env[k] for k in expected} == expected
+    assert {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"} <= set(env)

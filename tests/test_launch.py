@@ -33,7 +33,8 @@ def run_script(tmp_path: Path, *args: str, extra_env: dict[str, str]) -> subproc
 
 def test_multinode_forwards_wandb_hf_network_and_python_settings(tmp_path):
     (tmp_path / ".deepspeed_env").write_text("WANDB_PROJECT=stale\n")  # a leftover must not be used
-    proc = run_script(tmp_path, str(ROOT / "hostfiles" / "example"), "train", "--max_steps", "5",
+    proc = run_script(tmp_path, str(ROOT / "hostfiles" / "localhost"), "--master_port", "29999", "train",
+                      "--max_steps", "5",
                       extra_env={"WANDB_PROJECT": "cmp", "WANDB_API_KEY": "k" * 40, "HF_HOME": "/data/hf",
                                  "GLOO_SOCKET_IFNAME": "eth1", "TORCH_EXTENSIONS_DIR": "/cache/ext"})
     assert proc.returncode == 0, proc.stderr
@@ -44,9 +45,19 @@ def test_multinode_forwards_wandb_hf_network_and_python_settings(tmp_path):
     assert "WANDB_PROJECT=stale" not in lines
     assert (tmp_path / "mode").read_text().strip() == "600"
     args = (tmp_path / "args").read_text().split()
-    assert args[:3] == ["--hostfile", str(ROOT / "hostfiles" / "example"), str(ROOT / "launch" / "train.py")]
-    assert args[3:] == ["train", "--max_steps", "5"]
+    # Launcher options go before the script, dslm's after; dslm has checked every host itself.
+    assert args[:6] == ["--hostfile", str(ROOT / "hostfiles" / "localhost"), "--no_ssh_check", "--master_port",
+                        "29999", str(ROOT / "launch" / "train.py")]
+    assert args[6:] == ["train", "--max_steps", "5"]
     assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("dslm-deepspeed-env.*"))  # removed after
+
+
+def test_multinode_refuses_a_bad_hostfile_before_launching(tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("localhost slots=2\nlocalhost slots=2\n")
+    proc = run_script(tmp_path, str(hosts), "train", extra_env={})
+    assert proc.returncode == 2 and "line 2: localhost is already on line 1" in proc.stderr
+    assert not (tmp_path / "args").exists()  # the launcher never started
 
 
 def test_multinode_names_a_missing_hostfile(tmp_path):

@@ -1,0 +1,230 @@
+"""Multi-node launches on real separate hosts (network namespaces): pdsh/ssh, ssh-less, torchrun, Kubernetes pods.
+
+Each test trains a tiny model with one rank on each of two hosts and checks the run is one job:
+two nodes in results.json, committed checkpoints, one W&B run written by rank 0's node.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import multihost
+import pytest
+import slurm_cluster
+import yaml
+from conftest import ROOT, deepspeed, env, free_port, metrics, results, tiny_flags
+
+JOB = ROOT / "launch" / "k8s" / "job.yaml"
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    if multihost.missing():
+        pytest.skip(multihost.missing())
+    # The names the Indexed Job's pods get under the headless Service (launch/k8s).
+    with multihost.two_hosts(names=(["dslm-0.dslm", "dslm-0"], ["dslm-1.dslm", "dslm-1"])) as hosts:
+        yield hosts
+
+
+@pytest.fixture(scope="module")
+def ssh_bin(hosts, tmp_path_factory):
+    """sshd on both hosts; the bin dir of an `ssh` that uses the test's key and config."""
+    if multihost.missing("pdsh", "sshd"):
+        pytest.skip(multihost.missing("pdsh", "sshd"))
+    with multihost.sshd(hosts, tmp_path_factory.mktemp("ssh")) as bin_dir:
+        yield bin_dir
+
+
+def flags(out: Path, *extra: str, steps: int = 6) -> list[str]:
+    return tiny_flags("bert", out, "--save_steps", "3", "--logging_steps", "1", *extra, steps=steps)
+
+
+def host_env(**extra: str) -> dict[str, str]:
+    return {**env(), "WANDB_MODE": "offline", **extra}
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: float = 300, hosts: list | None = None) -> list[str]:
+    deadline = time.time() + timeout
+    outputs = []
+    for proc in procs:
+        try:
+            outputs.append(proc.communicate(timeout=max(deadline - time.time(), 1))[0])
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                os.killpg(p.pid, signal.SIGKILL)
+            for host in hosts or []:  # launchers may start ranks in process groups of their own
+                multihost.kill(host)
+            tails = "\n".join(f"--- host {i}\n{p.communicate()[0][-3000:]}" for i, p in enumerate(procs))
+            raise AssertionError(f"the launch did not end within {timeout}s\n{tails}") from None
+    for proc, output in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, output[-6000:]
+    return outputs
+
+
+def assert_one_job_on_two_nodes(out: Path, steps: int = 6) -> None:
+    res = results(out)
+    assert res["world_size"] == 2 and res["nodes"] == 2 and res["train"]["steps"] == steps
+    assert (out / "checkpoints" / "latest").read_text() == f"step-{steps:08d}"
+    assert any(name.startswith("zero_pp_rank_1") for name in os.listdir(out / "checkpoints" / f"step-{steps:08d}"))
+    assert len(list(out.glob("wandb/offline-run-*/run-*.wandb"))) == 1  # one W&B run: rank 0's node only
+    assert [m["step"] for m in metrics(out) if "train/loss" in m] == list(range(1, steps + 1))
+
+
+def wait_for_rank(host: multihost.Host, procs: list[subprocess.Popen], timeout: float = 120) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        pids = host.rank_pids()
+        if pids:
+            return pids[0]
+        assert all(p.poll() is None for p in procs), "the launch ended before a rank started on the host"
+        time.sleep(0.05)
+    raise AssertionError(f"no rank started on {host.address}")
+
+
+def test_pdsh_over_ssh_trains_across_two_hosts_and_forwards_wandb_settings(hosts, ssh_bin, tmp_path):
+    out = tmp_path / "out"
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("".join(f"{h.address} slots=1\n" for h in hosts))
+    e = host_env(PATH=f"{ssh_bin}:{os.environ['PATH']}", GLOO_SOCKET_IFNAME=multihost.IFNAME,
+                 WANDB_RUN_GROUP="netns-pdsh")
+    launch = hosts[0].popen(["bash", "launch/multinode.sh", str(hostfile), "--master_port", str(free_port()),
+                             "train", *flags(out)], env=e, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    # The rank on the other host was started over ssh by pdsh: it sees the launch's W&B settings.
+    remote = multihost.environ(wait_for_rank(hosts[1], [launch]))
+    wait_all([launch])
+    assert remote["WANDB_RUN_GROUP"] == "netns-pdsh" and remote["GLOO_SOCKET_IFNAME"] == multihost.IFNAME
+    assert remote["PATH"] == e["PATH"]  # the same Python environment (and ninja: no JIT rebuild)
+    assert_one_job_on_two_nodes(out)
+
+
+def test_multinode_names_a_host_that_ssh_does_not_reach(hosts, ssh_bin, tmp_path):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text(f"{hosts[0].address} slots=1\n10.77.0.99 slots=1\n")
+    e = host_env(PATH=f"{ssh_bin}:{os.environ['PATH']}")
+    proc = hosts[0].popen(["bash", "launch/multinode.sh", str(hostfile), "train", *flags(tmp_path / "out")],
+                          env=e, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 2
+    assert "not reachable by passwordless ssh: 10.77.0.99" in output and "Traceback" not in output
+    assert not (tmp_path / "out").exists()
+
+
+def node_sh(hosts, out: Path, port: int, *extra: str, steps: int = 6) -> list[subprocess.Popen]:
+    hostfile = out.parent / "hostfile"
+    hostfile.write_text("".join(f"{h.address} slots=1\n" for h in hosts))
+    e = host_env(MASTER_PORT=str(port), GLOO_SOCKET_IFNAME=multihost.IFNAME)
+    return [h.popen(["bash", "launch/node.sh", str(hostfile), str(i), hosts[0].address, "train",
+                     *flags(out, *extra, steps=steps)], env=e, cwd=ROOT, stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT, text=True) for i, h in enumerate(hosts)]
+
+
+def test_ssh_less_node_launch_on_each_host(hosts, tmp_path):
+    out = tmp_path / "out"
+    wait_all(node_sh(hosts, out, free_port()), hosts=hosts)
+    assert_one_job_on_two_nodes(out)
+
+
+def test_torchrun_c10d_rendezvous_across_two_hosts(hosts, tmp_path):
+    out = tmp_path / "out"
+    e = host_env(NNODES="2", NPROC_PER_NODE="1", MASTER_ADDR=hosts[0].address, MASTER_PORT=str(free_port()),
+                 RDZV_ID=f"test-{os.getpid()}", GLOO_SOCKET_IFNAME=multihost.IFNAME)
+    procs = [h.popen(["bash", "launch/torchrun.sh", "train", *flags(out)], env=e, cwd=ROOT,
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for h in hosts]
+    wait_all(procs, hosts=hosts)
+    assert_one_job_on_two_nodes(out)
+
+
+def pod_command(index: int, data: Path, train_args: str) -> tuple[list[str], dict[str, str]]:
+    """The command and environment launch/k8s/job.yaml gives pod `index`, as the kubelet would run it.
+
+    What a user sets for their cluster is set here for this machine: TRAIN_ARGS (a tiny model),
+    NPROC_PER_NODE (ranks per pod: GPUs there, one CPU rank here); the volume is a directory.
+    """
+    spec = yaml.safe_load(JOB.read_text())["spec"]
+    container = spec["template"]["spec"]["containers"][0]
+    mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "data")
+    pod_env = {"JOB_COMPLETION_INDEX": str(index)}
+    for item in container["env"]:
+        if "value" in item:  # secretKeyRef entries are optional: no secret here
+            pod_env[item["name"]] = item["value"].replace(mount, str(data), 1)
+    pod_env.update(TRAIN_ARGS=train_args, NPROC_PER_NODE="1")
+    assert int(pod_env["NNODES"]) == spec["completions"] == 2
+    return [*container["command"], *container["args"]], pod_env
+
+
+def test_kubernetes_indexed_job_pods_train_together(hosts, tmp_path):
+    data = tmp_path / "pvc"
+    # The volume already holds the JIT-built ops, as it does after a job's first run.
+    built = Path(env()["TORCH_EXTENSIONS_DIR"])
+    if built.exists():
+        shutil.copytree(built, data / "cache" / "torch_extensions", ignore=shutil.ignore_patterns("lock"))
+    train_args = flags(Path("unused"), steps=6)
+    at = train_args.index("--output_dir")
+    train_args = " ".join(train_args[:at] + train_args[at + 2:])  # the manifest gives --output_dir
+    procs = []
+    for index, host in enumerate(hosts):
+        command, pod_env = pod_command(index, data, train_args)
+        base = {k: v for k, v in env().items() if k not in ("XDG_CACHE_HOME", "TORCH_EXTENSIONS_DIR")}
+        procs.append(host.popen(command, env={**base, **pod_env, "WANDB_MODE": "offline"}, hostname=f"dslm-{index}",
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    wait_all(procs, hosts=hosts)
+    out = Path(pod_env["OUTPUT_DIR"])
+    assert out.is_relative_to(data)
+    assert_one_job_on_two_nodes(out)
+    assert list((data / "cache" / "dslm").iterdir())  # the data cache is on the volume too
+
+
+def test_a_killed_host_ends_the_job_and_the_same_command_resumes(hosts, tmp_path):
+    out, port = tmp_path / "out", free_port()
+    procs = node_sh(hosts, out, port, "--dist_timeout", "1", steps=60)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "latest").exists():
+        assert time.time() < deadline and all(p.poll() is None for p in procs), "no checkpoint was committed"
+        time.sleep(0.1)
+    victim = hosts[1].rank_pids()
+    assert victim, "no rank on the second host"
+    os.kill(victim[0], signal.SIGKILL)
+    killed_at = time.time()
+    try:
+        procs[0].wait(timeout=90)  # well inside --dist_timeout 1 (minute): a dead peer is no hang
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    assert procs[0].returncode not in (0, None) and time.time() - killed_at < 90
+    committed = int((out / "checkpoints" / "latest").read_text().split("-")[1])
+    wait_all(node_sh(hosts, out, free_port(), "--dist_timeout", "1", steps=60), hosts=hosts)
+    res = results(out)
+    assert res["resumed_from_step"] >= committed > 0 and res["train"]["steps"] == 60 and res["nodes"] == 2
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    if slurm_cluster.missing():
+        pytest.skip(slurm_cluster.missing())
+    with slurm_cluster.cluster(tmp_path_factory.mktemp("slurm")) as slurm_env:
+        yield slurm_env
+
+
+@pytest.mark.parametrize("mode", ["deepspeed", "srun"])
+def test_slurm_two_node_job_then_resume_under_plain_deepspeed(slurm, tmp_path, mode):
+    """sbatch launch/slurm.sbatch on two slurmd nodes; its checkpoint then resumes under `deepspeed`."""
+    out = tmp_path / "out"
+    job_env = {**host_env(GLOO_SOCKET_IFNAME="lo", DSLM_LAUNCH=mode), "SLURM_CONF": slurm["SLURM_CONF"]}
+    job = subprocess.run(["sbatch", "--parsable", "--wait", "--nodes", "2", "--output", str(tmp_path / "job.out"),
+                          "launch/slurm.sbatch", "train", *flags(out)], cwd=ROOT, env=job_env, capture_output=True,
+                         text=True, timeout=600)
+    log = (tmp_path / "job.out").read_text() if (tmp_path / "job.out").exists() else ""
+    assert job.returncode == 0, f"{job.stderr}\n{log[-6000:]}"
+    assert "2 node(s) x 1 rank(s), master n1 at 127.0.0.1" in log  # NodeAddr, not the name n1
+    assert_one_job_on_two_nodes(out)
+    deepspeed(2, "train", *flags(out, steps=9))
+    res = results(out)
+    assert res["resumed_from_step"] == 6 and res["train"]["steps"] == 9 and res["nodes"] == 1
