@@ -8,7 +8,7 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def fill_launcher_env(env: dict[str, str] | os._Environ) -> None:
+def fill_launcher_env(env: MutableMapping[str, str]) -> None:
     """Complete the rank variables the process group needs from whatever launched this process.
 
     deepspeed and torchrun set them all. An environment launcher (a Kubernetes pod, a PyTorchJob,
@@ -49,6 +49,10 @@ def fill_launcher_env(env: dict[str, str] | os._Environ) -> None:
     DeepSpeed falls back to MPI discovery and fails on a missing mpi4py. `srun` sets only its own
     SLURM_* variables. A process with none of them is a one-rank run.
     """
+    srun_tasks = int(env.get("SLURM_STEP_NUM_TASKS", "1")) if "SLURM_STEP_ID" in env else 1
+    if "RANK" not in env and srun_tasks > 1 and "MASTER_ADDR" not in env:
+        raise ConfigError(f"srun started {srun_tasks} tasks but MASTER_ADDR is not set, so each would train alone: "
+                          f"use launch/slurm.sbatch, or export MASTER_ADDR (the first node's address) before srun")
     if "RANK" not in env and "MASTER_ADDR" in env and "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:
         # One task per rank under srun (launch/slurm.sbatch exports MASTER_ADDR for the step).
         env.update(RANK=env["SLURM_PROCID"], WORLD_SIZE=env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")),
@@ -73,7 +77,16 @@ def init(timeout_minutes: float = 30.0) -> None:
 
     fill_launcher_env(os.environ)
     backend = "gloo" if get_accelerator().device_name() == "cpu" else None
-    deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
+    timeout = timedelta(minutes=timeout_minutes)
+    # DeepSpeed builds its data-parallel groups with new_group() and no timeout, and torch gives
+    # such groups its module default (30 min), not the world group's: set that default too, or a
+    # hung rank holds the others for 30 minutes whatever --dist_timeout says.
+    import torch.distributed.distributed_c10d as c10d
+
+    c10d.default_pg_timeout = timeout
+    if isinstance(getattr(c10d, "default_pg_nccl_timeout", None), timedelta):
+        c10d.default_pg_nccl_timeout = timeout
+    deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
     _unlink_shm_segment()
@@ -86,15 +99,14 @@ def init(timeout_minutes: float = 30.0) -> None:
 SHM_DIR = Path("/dev/shm")
 
 
-def shm_segment(rank_: int) -> Path:
-    """The file DeepSpeed's shm comm op creates for `rank_` of the current process group."""
-    return SHM_DIR / (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
-                      f"{os.environ.get('MASTER_PORT', '')}_{rank_}")
+def shm_segment(master_addr: str, master_port: str, rank_: int) -> Path:
+    """The file DeepSpeed's shm comm op creates for `rank_` of the process group at master_addr:master_port."""
+    return SHM_DIR / f"deepspeed_allreduce_buffer_{os.getuid()}_{master_addr}_{master_port}_{rank_}"
 
 
 def _unlink_shm_segment() -> None:
     barrier()
-    shm_segment(rank()).unlink(missing_ok=True)
+    shm_segment(os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", ""), rank()).unlink(missing_ok=True)
 
 
 def barrier() -> None:

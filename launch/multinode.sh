@@ -14,12 +14,11 @@ if [ $# -lt 2 ]; then
 fi
 hostfile=$1
 shift
-if [ ! -f "$hostfile" ]; then
-    echo "multinode.sh: hostfile $hostfile not found: see hostfiles/README.md" >&2
-    exit 2
-fi
-launcher_args=()
+root=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"  # a source checkout works uninstalled
+launcher_args=() master_addr_given=
 while [ $# -gt 0 ] && [ "$1" != train ] && [ "$1" != prepare ]; do
+    case $1 in --master_addr | --master_addr=*) master_addr_given=1 ;; esac
     launcher_args+=("$1")
     shift
 done
@@ -31,6 +30,12 @@ fi
 # Every host, with the ssh options pdsh will use (DeepSpeed's own check tries only the first host
 # and ignores PDSH_SSH_ARGS_APPEND): a host that is down is named here, not found by a hang.
 python -m dslm hostfile check "$hostfile" --ssh || exit 2
+if [ -z "$master_addr_given" ]; then
+    # Rank 0 runs on the first host. Without --master_addr DeepSpeed asks that host for
+    # `hostname -I` over a plain ssh (no PDSH_SSH_ARGS_APPEND) and takes whichever address comes
+    # first, a docker bridge included: use the name the hostfile gives it.
+    launcher_args+=(--master_addr "$(awk '{sub(/#.*/, "")} NF {print $1; exit}' "$hostfile")")
+fi
 
 env_file=$(mktemp "${TMPDIR:-/tmp}/dslm-deepspeed-env.XXXXXX")  # mode 600: it may hold API keys
 trap 'rm -f "$env_file"' EXIT
@@ -38,4 +43,5 @@ env | grep -E '^(WANDB_|HF_|HUGGING_FACE_|TRANSFORMERS_|NCCL_|GLOO_|TORCH_EXTENS
     > "$env_file" || true
 export DS_ENV_FILE="$env_file"
 
-deepspeed --hostfile "$hostfile" --no_ssh_check "${launcher_args[@]}" "$(dirname "$0")/train.py" "$@"
+# --log_level warning: at info the launcher logs its pdsh command, with every exported value.
+deepspeed --hostfile "$hostfile" --no_ssh_check --log_level warning "${launcher_args[@]}" "$root/launch/train.py" "$@"

@@ -12,6 +12,7 @@ import pytest
 from conftest import LAUNCH, ROOT, env, free_port, metrics, tiny_flags
 
 from dslm import dist
+from dslm.config import ConfigError
 
 
 def test_shm_segments_are_mapped_but_unlinked_so_a_killed_run_leaks_no_memory(tmp_path):
@@ -28,14 +29,12 @@ def test_shm_segments_are_mapped_but_unlinked_so_a_killed_run_leaks_no_memory(tm
         pids = subprocess.run(["pgrep", "-s", str(proc.pid), "-f", "local_rank="], capture_output=True,
                               text=True).stdout.split()
         assert len(pids) == 2
-        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-        names = [dist.shm_segment(r).name for r in (0, 1)]
+        segments = [dist.shm_segment("127.0.0.1", str(port), r) for r in (0, 1)]
         for pid in pids:  # DeepSpeed's all-reduce really uses the segments: every rank maps both
             maps = Path(f"/proc/{pid}/maps").read_text()
-            assert all(f"/dev/shm/{name} (deleted)" in maps for name in names), maps
-        assert not any(dist.shm_segment(r).exists() for r in (0, 1))
+            assert all(f"{segment} (deleted)" in maps for segment in segments), maps
+        assert not any(segment.exists() for segment in segments)
     finally:
-        os.environ.pop("MASTER_ADDR", None), os.environ.pop("MASTER_PORT", None)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not list(dist.SHM_DIR.glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
@@ -52,7 +51,8 @@ def test_shm_segments_are_mapped_but_unlinked_so_a_killed_run_leaks_no_memory(tm
     ({"MASTER_ADDR": "m", "SLURM_PROCID": "3", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4",
       "SLURM_LOCALID": "1", "SLURM_STEP_TASKS_PER_NODE": "2(x2)"},
      {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}),
-    # The batch script itself is not a rank of a step: a one-rank run.
+    # The batch script itself is not a rank of a step: a one-rank run; so is a one-task step.
+    ({"SLURM_PROCID": "0", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "1"}, {"RANK": "0", "WORLD_SIZE": "1"}),
     ({"MASTER_ADDR": "m", "SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, {"RANK": "0", "WORLD_SIZE": "1"}),
     ({"RANK": "2", "LOCAL_RANK": "2", "WORLD_SIZE": "4", "MASTER_ADDR": "a", "MASTER_PORT": "9"},
      {"RANK": "2", "LOCAL_RANK": "2", "WORLD_SIZE": "4", "MASTER_PORT": "9"}),
@@ -62,3 +62,9 @@ def test_launcher_variables_are_completed(given, expected):
     dist.fill_launcher_env(env)
     assert {k: env[k] for k in expected} == expected
     assert {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"} <= set(env)
+
+
+def test_srun_tasks_without_a_master_address_are_refused():
+    env = {"SLURM_PROCID": "1", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4"}
+    with pytest.raises(ConfigError, match="srun started 4 tasks but MASTER_ADDR is not set"):
+        dist.fill_launcher_env(env)

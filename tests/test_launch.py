@@ -46,9 +46,9 @@ def test_multinode_forwards_wandb_hf_network_and_python_settings(tmp_path):
     assert (tmp_path / "mode").read_text().strip() == "600"
     args = (tmp_path / "args").read_text().split()
     # Launcher options go before the script, dslm's after; dslm has checked every host itself.
-    assert args[:6] == ["--hostfile", str(ROOT / "hostfiles" / "localhost"), "--no_ssh_check", "--master_port",
-                        "29999", str(ROOT / "launch" / "train.py")]
-    assert args[6:] == ["train", "--max_steps", "5"]
+    assert args[:9] == ["--hostfile", str(ROOT / "hostfiles" / "localhost"), "--no_ssh_check", "--log_level",
+                        "warning", "--master_port", "29999", "--master_addr", "localhost"]
+    assert args[9:] == [str(ROOT / "launch" / "train.py"), "train", "--max_steps", "5"]
     assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("dslm-deepspeed-env.*"))  # removed after
 
 

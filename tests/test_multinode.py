@@ -22,10 +22,17 @@ from conftest import ROOT, deepspeed, env, free_port, metrics, results, tiny_fla
 JOB = ROOT / "launch" / "k8s" / "job.yaml"
 
 
+def need(reason: str | None) -> None:
+    """Skip with the reason where the setup cannot be built; in .ci/run (DSLM_REQUIRE_MULTIHOST) fail."""
+    if reason:
+        if os.environ.get("DSLM_REQUIRE_MULTIHOST"):
+            pytest.fail(f"multi-host tests are required here but {reason}")
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def hosts():
-    if multihost.missing():
-        pytest.skip(multihost.missing())
+    need(multihost.missing())
     # The names the Indexed Job's pods get under the headless Service (launch/k8s).
     with multihost.two_hosts(names=(["dslm-0.dslm", "dslm-0"], ["dslm-1.dslm", "dslm-1"])) as hosts:
         yield hosts
@@ -34,8 +41,7 @@ def hosts():
 @pytest.fixture(scope="module")
 def ssh_bin(hosts, tmp_path_factory):
     """sshd on both hosts; the bin dir of an `ssh` that uses the test's key and config."""
-    if multihost.missing("pdsh", "sshd"):
-        pytest.skip(multihost.missing("pdsh", "sshd"))
+    need(multihost.missing("pdsh", "sshd"))
     with multihost.sshd(hosts, tmp_path_factory.mktemp("ssh")) as bin_dir:
         yield bin_dir
 
@@ -207,8 +213,7 @@ def test_a_killed_host_ends_the_job_and_the_same_command_resumes(hosts, tmp_path
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    if slurm_cluster.missing():
-        pytest.skip(slurm_cluster.missing())
+    need(slurm_cluster.missing())
     with slurm_cluster.cluster(tmp_path_factory.mktemp("slurm")) as slurm_env:
         yield slurm_env
 
@@ -228,3 +233,46 @@ def test_slurm_two_node_job_then_resume_under_plain_deepspeed(slurm, tmp_path, m
     deepspeed(2, "train", *flags(out, steps=9))
     res = results(out)
     assert res["resumed_from_step"] == 6 and res["train"]["steps"] == 9 and res["nodes"] == 1
+
+
+def wait_for_checkpoint(out: Path, procs: list[subprocess.Popen]) -> None:
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "latest").exists():
+        assert time.time() < deadline and all(p.poll() is None for p in procs), "no checkpoint was committed"
+        time.sleep(0.1)
+
+
+def test_a_hung_host_is_detected_by_dist_timeout(hosts, tmp_path):
+    """SIGSTOP keeps the peer's connections open: only the collective timeout can end the job."""
+    out = tmp_path / "out"
+    procs = node_sh(hosts, out, free_port(), "--dist_timeout", "0.25", steps=200)  # 15 s
+    wait_for_checkpoint(out, procs)
+    victim = hosts[1].rank_pids()[0]
+    os.kill(victim, signal.SIGSTOP)
+    stopped_at = time.time()
+    try:
+        procs[0].wait(timeout=120)
+        waited = time.time() - stopped_at
+    finally:
+        multihost.kill(hosts[1])
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    assert procs[0].returncode not in (0, None)
+    assert 10 < waited < 75, waited  # the 15 s timeout, plus the launcher's own shutdown
+
+
+def test_sigterm_to_each_node_saves_and_exits_75_then_the_job_resumes(hosts, tmp_path):
+    """What a pod deletion, a preemption or scancel does: SIGTERM to the script each node runs."""
+    out, port = tmp_path / "out", free_port()
+    procs = node_sh(hosts, out, port, steps=60)
+    wait_for_checkpoint(out, procs)
+    for p in procs:
+        os.kill(p.pid, signal.SIGTERM)
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [75, 75], outputs[0][-3000:]
+    stopped = int((out / "checkpoints" / "latest").read_text().split("-")[1])
+    assert 3 <= stopped < 60 and f"step {stopped}" in outputs[0]
+    wait_all(node_sh(hosts, out, free_port(), steps=60), hosts=hosts)
+    assert results(out)["resumed_from_step"] == stopped
