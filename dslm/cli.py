@@ -155,4 +155,11 @@ def main(argv: list[str] | None = None) -> None:
             where = f"rank {rank}: " if rank else ""
             print(f"dslm: {'error: ' if exc.exit_code != EXIT_STOPPED else ''}{where}{exc}", file=sys.stderr,
                   flush=True)
+        distributed = sys.modules.get("torch.distributed")
+        if distributed is not None and distributed.is_initialized():
+            # A normal exit destroys the process group's threads while the peers leave too, which can
+            # abort the process (exit 250, "terminate called without an active exception") and lose
+            # the exit code that says what happened. Outputs and the W&B run are closed by now.
+            sys.stdout.flush()
+            os._exit(exc.exit_code)
         sys.exit(exc.exit_code)
