@@ -49,15 +49,14 @@ def fill_launcher_env(env: MutableMapping[str, str]) -> None:
     DeepSpeed falls back to MPI discovery and fails on a missing mpi4py. `srun` sets only its own
     SLURM_* variables. A process with none of them is a one-rank run.
     """
-    srun_tasks = int(env.get("SLURM_STEP_NUM_TASKS", "1")) if "SLURM_STEP_ID" in env else 1
-    if "RANK" not in env and srun_tasks > 1 and "MASTER_ADDR" not in env:
-        raise ConfigError(f"srun started {srun_tasks} tasks but MASTER_ADDR is not set, so each would train alone: "
-                          f"use launch/slurm.sbatch, or export MASTER_ADDR (the first node's address) before srun")
-    if "RANK" not in env and "MASTER_ADDR" in env and "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:
-        # One task per rank under srun (launch/slurm.sbatch exports MASTER_ADDR for the step).
-        env.update(RANK=env["SLURM_PROCID"], WORLD_SIZE=env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")),
-                   LOCAL_RANK=env.get("SLURM_LOCALID", "0"))
-        env.setdefault("LOCAL_WORLD_SIZE", env.get("SLURM_STEP_TASKS_PER_NODE", "1").split("(")[0].split(",")[0])
+    if "RANK" not in env and "SLURM_STEP_ID" in env:  # a task of an srun step (the batch script has no step id)
+        tasks = env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1"))
+        if "MASTER_ADDR" in env:  # one task per rank (launch/slurm.sbatch exports MASTER_ADDR for the step)
+            env.update(RANK=env.get("SLURM_PROCID", "0"), WORLD_SIZE=tasks, LOCAL_RANK=env.get("SLURM_LOCALID", "0"))
+            env.setdefault("LOCAL_WORLD_SIZE", env.get("SLURM_STEP_TASKS_PER_NODE", "1").split("(")[0].split(",")[0])
+        elif int(tasks) > 1:
+            raise ConfigError(f"srun started {tasks} tasks but MASTER_ADDR is not set, so each would train alone: "
+                              f"use launch/slurm.sbatch, or export MASTER_ADDR (the first node's address) before srun")
     if "RANK" not in env:  # a plain process, not started by any launcher
         env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         env.setdefault("MASTER_PORT", str(_free_port()))

@@ -189,10 +189,7 @@ def test_kubernetes_indexed_job_pods_train_together(hosts, tmp_path):
 def test_a_killed_host_ends_the_job_and_the_same_command_resumes(hosts, tmp_path):
     out, port = tmp_path / "out", free_port()
     procs = node_sh(hosts, out, port, "--dist_timeout", "1", steps=60)
-    deadline = time.time() + 300
-    while not (out / "checkpoints" / "latest").exists():
-        assert time.time() < deadline and all(p.poll() is None for p in procs), "no checkpoint was committed"
-        time.sleep(0.1)
+    wait_for_checkpoint(out, procs)
     victim = hosts[1].rank_pids()
     assert victim, "no rank on the second host"
     os.kill(victim[0], signal.SIGKILL)
