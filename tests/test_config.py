@@ -28,6 +28,7 @@ def test_fire_tuples_become_strings():
     ({"plm_probability": 0}, "--plm_probability must be between 0 and 1"),
     ({"per_device_train_batch_size": 0}, "--per_device_train_batch_size must be positive"),
     ({"learning_rate": -1}, "--learning_rate must be positive"),
+    ({"dist_timeout": 0}, "--dist_timeout must be positive"),
     ({"max_steps": 0, "num_train_epochs": 0}, "nothing to train"),
     ({"bf16": True, "fp16": True}, "--bf16 and --fp16 conflict"),
     ({"model_type": "bert", "model_name_or_path": "x"}, "conflict"),
