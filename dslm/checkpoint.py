@@ -19,6 +19,7 @@ import random
 import re
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,46 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:  # fsync works on any descriptor
+        os.fsync(f.fileno())
+
+
+def _shares(files: list[Path], world: int) -> list[list[Path]]:
+    """Split the files over the ranks by size, largest first onto the least loaded rank: every rank
+    computes the same split from the same listing."""
+    shares: list[list[Path]] = [[] for _ in range(world)]
+    loads = [0] * world
+    for path in sorted(files, key=lambda p: (-p.stat().st_size, p.name)):
+        least = loads.index(min(loads))
+        shares[least].append(path)
+        loads[least] += path.stat().st_size
+    return shares
+
+
+def _manifest_entries(tag_dir: Path) -> tuple[dict[str, list], str | None]:
+    """[size, sha256] of every file of the checkpoint, each rank hashing (and syncing) its share:
+    reading a large checkpoint back through one rank would take longer than writing it. A rank that
+    cannot read or sync its share says why instead (a collective: no rank may leave early)."""
+    entries: dict[str, list] = {}
+    error = None
+    try:
+        mine = _shares(_files(tag_dir), dist.world_size())[dist.rank()]
+        # The disk flushes the share while this rank hashes it (from the page cache): the two overlap.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            synced = pool.submit(lambda: [_fsync(p) for p in mine])
+            entries = {str(p.relative_to(tag_dir)): [p.stat().st_size, _sha256(p)] for p in mine}
+            synced.result()
+    except OSError as exc:
+        error = f"on rank {dist.rank()}: {exc}"
+    merged: dict[str, list] = {}
+    errors = []
+    for part, problem in dist.all_gather_object((entries, error)):
+        merged.update(part)
+        errors += [problem] if problem else []
+    return dict(sorted(merged.items())), errors[0] if errors else None
+
+
 def _files(tag_dir: Path) -> list[Path]:
     skip = {MANIFEST, COMMIT}
     return sorted(p for p in tag_dir.rglob("*")
@@ -107,23 +148,39 @@ class Found:
     state: dict[str, Any]
 
 
-def verify(tag_dir: Path) -> str | None:
-    """None if the checkpoint is committed and its files match the manifest, else what is wrong."""
+def verify(tag_dir: Path, rank: int = 0, world: int = 1) -> str | None:
+    """None if the checkpoint is committed and its files match the manifest, else what is wrong.
+
+    Every file's presence and size are checked; the checksums of this rank's share only (the same
+    split as at save time), so `world` ranks together read the checkpoint once.
+    """
     if not (tag_dir / COMMIT).exists():
         return "no commit marker (the save did not finish)"
     try:
         manifest = json.loads((tag_dir / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
         return "unreadable manifest"
-    for rel, (size, digest) in manifest["files"].items():
+    paths = []
+    for rel, (size, _) in manifest["files"].items():
         path = tag_dir / rel
         if not path.is_file():
             return f"missing {rel}"
         if path.stat().st_size != size:
             return f"{rel} has {path.stat().st_size} bytes, the manifest says {size}"
-        if _sha256(path) != digest:
-            return f"{rel} does not match its checksum"
+        paths.append(path)
+    for path in _shares(paths, world)[rank]:
+        if _sha256(path) != manifest["files"][str(path.relative_to(tag_dir))][1]:
+            return f"{path.relative_to(tag_dir)} does not match its checksum"
     return None
+
+
+def verify_together(tag_dir: Path) -> str | None:
+    """`verify` by every rank at once, each hashing its share; the same answer on every rank (a collective)."""
+    try:
+        problem = verify(tag_dir, dist.rank(), dist.world_size())
+    except OSError as exc:
+        problem = f"unreadable ({exc})"
+    return next((p for p in dist.all_gather_object(problem) if p), None)
 
 
 def read_state(tag_dir: Path) -> dict[str, Any] | None:
@@ -164,18 +221,28 @@ class Checkpointer:
         return [t for t in self.tags() if not self._ours(t)]
 
     def latest(self) -> Found | None:
-        """The newest committed, intact checkpoint of this run; others are named and skipped."""
-        for tag_dir in self.tags():
-            if not (tag_dir / COMMIT).exists():
-                continue  # an interrupted save: silently not a checkpoint
-            if not self._ours(tag_dir):
-                self.warn(f"skipping checkpoint {tag_dir}: it belongs to another run (different model, data or seed)")
-                continue
-            problem = verify(tag_dir)
+        """The newest committed, intact checkpoint of this run; others are named and skipped.
+
+        A collective: rank 0 lists the candidates (one view of a shared file system), then all ranks
+        verify each in turn, each reading its share of the files.
+        """
+        candidates = None
+        if dist.is_main():
+            candidates = []
+            for tag_dir in self.tags():
+                if not (tag_dir / COMMIT).exists():
+                    continue  # an interrupted save: silently not a checkpoint
+                if not self._ours(tag_dir):
+                    self.warn(f"skipping checkpoint {tag_dir}: it belongs to another run (different model, data or "
+                              f"seed)")
+                    continue
+                candidates.append(str(tag_dir))
+        for name in dist.broadcast(candidates):
+            problem = verify_together(Path(name))
             if problem:
-                self.warn(f"skipping checkpoint {tag_dir}: {problem}")
+                self.warn(f"skipping checkpoint {name}: {problem}")
                 continue
-            return Found(tag_dir, read_state(tag_dir))
+            return Found(Path(name), read_state(Path(name)))
         return None
 
     def save(self, engine: Any, step: int, state: dict[str, Any], model_config: PretrainedConfig,
@@ -219,8 +286,15 @@ class Checkpointer:
             if main:
                 remove(tag_dir)
             raise self._failed(tag_dir, failure)
+        files, problem = _manifest_entries(tag_dir)
+        if problem:
+            if main:
+                remove(tag_dir)
+            error = CheckpointError(f"saving checkpoint {tag_dir.name} failed {problem}; free space or check the "
+                                    f"file system, then run the same command to resume")
+            error.same_on_every_rank = True
+            raise error
         if main:
-            files = {str(p.relative_to(tag_dir)): [p.stat().st_size, _sha256(p)] for p in _files(tag_dir)}
             write_atomically(tag_dir / MANIFEST, json.dumps({"files": files}, indent=1))
             write_atomically(tag_dir / COMMIT, json.dumps({"step": step}))
             write_atomically(self.root / POINTER, tag(step))

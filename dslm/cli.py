@@ -147,19 +147,38 @@ def main(argv: list[str] | None = None) -> None:
         if args and args[0] in ("train", "prepare"):
             _check_flag_names(args[1:])
         fire.Fire(COMMANDS, command=args, name="dslm")
-    except DslmError as exc:
-        if debug:
+    except Exception as exc:
+        error = _as_user_error(exc)
+        if error is None or debug:
             raise
-        rank = int(os.environ.get("RANK", "0"))
-        if rank == 0 or not exc.same_on_every_rank:  # the same check fails on every rank: say it once
-            where = f"rank {rank}: " if rank else ""
-            print(f"dslm: {'error: ' if exc.exit_code != EXIT_STOPPED else ''}{where}{exc}", file=sys.stderr,
-                  flush=True)
-        distributed = sys.modules.get("torch.distributed")
-        if distributed is not None and distributed.is_initialized():
-            # A normal exit destroys the process group's threads while the peers leave too, which can
-            # abort the process (exit 250, "terminate called without an active exception") and lose
-            # the exit code that says what happened. Outputs and the W&B run are closed by now.
-            sys.stdout.flush()
-            os._exit(exc.exit_code)
-        sys.exit(exc.exit_code)
+        _exit_with(error)
+
+
+def _as_user_error(exc: Exception) -> DslmError | None:
+    """dslm's own errors, and a collective that failed before the training loop could say at which step."""
+    if isinstance(exc, DslmError):
+        return exc
+    if "dslm.dist" in sys.modules:
+        from dslm import dist
+
+        lost = dist.comm_failure(exc, float("nan"))
+        if lost:
+            return dist.PeerLost(f"stopped while starting: {lost}")
+    return None
+
+
+def _exit_with(exc: DslmError) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0 or not exc.same_on_every_rank:  # the same check fails on every rank: say it once
+        several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        where = f"rank {rank}: " if rank or (several and not exc.same_on_every_rank) else ""
+        print(f"dslm: {'error: ' if exc.exit_code != EXIT_STOPPED else ''}{where}{exc}", file=sys.stderr,
+              flush=True)
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_initialized():
+        # A normal exit destroys the process group's threads while the peers leave too, which can
+        # abort the process (exit 250, "terminate called without an active exception") and lose
+        # the exit code that says what happened. Outputs and the W&B run are closed by now.
+        sys.stdout.flush()
+        os._exit(exc.exit_code)
+    sys.exit(exc.exit_code)

@@ -8,6 +8,7 @@ Flag names follow Hugging Face's run_mlm.py / run_clm.py / run_plm.py and `Train
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,11 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
               "inverse_sqrt")
 
 
+INT_LIMIT = 2**31 - 1  # token ids are int32 in the cache; counts go to C++ code as 32-bit ints
+# The optimizer's numbers meet float32 parameters: far above any useful value, far below the ~3e38
+# where the update overflows (a traceback inside the optimizer's step, not a NaN loss).
+OPTIMIZER_LIMIT = 1e6
+MAX_TIMEOUT_MINUTES = 1_000_000  # about two years: more is no timeout, and far more overflows timedelta
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped by a signal after saving; the same command resumes
 
 
@@ -53,6 +59,8 @@ class ModelConfig:
     tokenizer_name: str | None = _help("tokenizer directory; default: the model's, or one trained on the corpus")
     vocab_size: int = _help("vocabulary size of a tokenizer trained on the corpus", 8000)
     trust_remote_code: bool = _help("allow model code from the model directory (off: it runs arbitrary code)", False)
+    resize_token_embeddings: bool = _help("grow a pretrained model's embedding table when the tokenizer has more "
+                                          "tokens (new rows start random); without it dslm refuses", False)
 
 
 @dataclass
@@ -105,6 +113,7 @@ class TrainConfig:
     num_train_epochs: float = _help("epochs over the training data (ignored when --max_steps > 0)", 3.0)
     max_steps: int = _help("optimizer steps; > 0 overrides --num_train_epochs", -1)
     logging_steps: int = _help("log train figures every N steps", 50)
+    logging_first_step: bool = _help("also log the first step (its time shows the time to first step)", False)
     eval_steps: int | None = _help("evaluate every N steps; evaluation also runs before and after training")
     save_steps: int = _help("save a sharded DeepSpeed checkpoint every N steps (0: only at the end)", 500)
     save_total_limit: int | None = _help("keep only the newest N checkpoints (milestones aside); default: all")
@@ -115,6 +124,12 @@ class TrainConfig:
     bf16: bool = _help("train in bfloat16 mixed precision", False)
     fp16: bool = _help("train in float16 mixed precision (GPU only)", False)
     dataloader_num_workers: int = _help("DataLoader worker processes per rank", 0)
+    torch_compile: bool = _help("compile the model with torch.compile under the engine (the first steps take "
+                                "longer while it compiles)", False)
+    gradient_checkpointing: bool = _help("recompute activations in backward: less memory, about a third more "
+                                         "compute", False)
+    on_nan: str = _help("a step whose loss or gradients hold inf/NaN: stop (keep the last checkpoint as latest "
+                        "and exit 3) or skip (drop its update, count it, go on)", "stop")
     dist_timeout: float = _help("minutes a collective waits for the other ranks before the job fails, so a dead "
                                 "or hung rank ends the job instead of holding the nodes", 30.0)
     do_train: bool = _help("accepted for run_mlm.py compatibility: dslm always trains", True)
@@ -165,6 +180,7 @@ class RunConfig:
 
     def validate(self) -> None:
         m, o, d, t = self.model, self.objective, self.data, self.train
+        self._check_number_ranges()
         if m.objective is not None and m.objective not in OBJECTIVES:
             raise ConfigError(f"unknown --objective {m.objective!r}: use one of {', '.join(OBJECTIVES)}")
         if m.model_name_or_path and m.model_type:
@@ -200,14 +216,26 @@ class RunConfig:
             raise ConfigError(f"--warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
         if not (0 <= t.adam_beta1 < 1 and 0 <= t.adam_beta2 < 1):
             raise ConfigError("--adam_beta1 and --adam_beta2 must be in [0, 1)")
-        if t.max_steps <= 0 and t.num_train_epochs <= 0:
+        if t.max_steps == 0 or t.max_steps < -1:
+            raise ConfigError(f"--max_steps must be positive, or -1 to train for --num_train_epochs; got {t.max_steps}")
+        if t.max_steps == -1 and t.num_train_epochs <= 0:
             raise ConfigError("nothing to train: give --max_steps > 0 or --num_train_epochs > 0")
+        for name in ("learning_rate", "weight_decay", "adam_epsilon"):
+            if getattr(t, name) > OPTIMIZER_LIMIT:
+                raise ConfigError(f"--{name} must be at most {OPTIMIZER_LIMIT:g}, got {getattr(t, name)}: the "
+                                  f"optimizer computes in float32")
+        if t.dist_timeout > MAX_TIMEOUT_MINUTES:
+            raise ConfigError(f"--dist_timeout must be at most {MAX_TIMEOUT_MINUTES} minutes, got {t.dist_timeout}")
+        if not t.output_dir.strip():
+            raise ConfigError("--output_dir is empty: give a directory")
         if t.lr_scheduler_type not in SCHEDULERS:
             raise ConfigError(f"unknown --lr_scheduler_type {t.lr_scheduler_type!r}: use one of "
                               f"{', '.join(SCHEDULERS)}")
         if self.logging.report_to not in ("wandb", "none", "all"):
             raise ConfigError(f"--report_to {self.logging.report_to!r}: dslm reports to wandb or none "
                               f"(metrics.jsonl is always written)")
+        if t.on_nan not in ("stop", "skip"):
+            raise ConfigError(f"unknown --on_nan {t.on_nan!r}: use stop or skip")
         if t.bf16 and t.fp16:
             raise ConfigError("--bf16 and --fp16 conflict: pick one precision")
         if not 0 <= d.validation_split_percentage < 100:
@@ -222,7 +250,23 @@ class RunConfig:
         for name in ("train_file", "validation_file"):
             path = getattr(d, name)
             if path is not None:
-                check_data_file(name, path)
+                check_data_file(name, path, d.text_column)
+
+    def _check_number_ranges(self) -> None:
+        """Bounds every number has whatever it means: a finite float, an int that fits the int32 token ids
+        and C++ counters downstream, and a seed numpy accepts."""
+        for section in SECTIONS:
+            values = getattr(self, section)
+            for f in dataclasses.fields(values):
+                value = getattr(values, f.name)
+                if isinstance(value, bool) or value is None:
+                    continue
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ConfigError(f"--{f.name} must be a finite number, got {value}")
+                if isinstance(value, int) and f.name != "seed" and abs(value) > INT_LIMIT:
+                    raise ConfigError(f"--{f.name} {value} is out of range: use a value up to {INT_LIMIT}")
+        if not 0 <= self.train.seed < 2**32:
+            raise ConfigError(f"--seed must be between 0 and {2**32 - 1}, got {self.train.seed}")
 
     @property
     def uses_builtin_corpus(self) -> bool:
@@ -236,17 +280,11 @@ class RunConfig:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
 
 
-def check_data_file(flag: str, path: str) -> None:
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"--{flag} {path}: no such file; check the path")
-    if p.is_dir():
-        raise ConfigError(f"--{flag} {path} is a directory: give a file")
-    if p.suffix.lower() not in DATA_SUFFIXES:
-        raise ConfigError(f"--{flag} {path}: unsupported file type {p.suffix!r}; use one of "
-                          f"{', '.join(sorted(DATA_SUFFIXES))}")
-    if p.stat().st_size == 0:
-        raise ConfigError(f"--{flag} {path} is empty: give a file with text")
+def check_data_file(flag: str, path: str, text_column: str | None = None) -> None:
+    """Cheap checks of a data file (exists, readable, UTF-8, has a text column): see dslm.inputs."""
+    from dslm import inputs
+
+    inputs.check_data_file(flag, path, text_column)
 
 
 def all_fields() -> dict[str, dataclasses.Field]:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 
 from dslm.metrics import perplexity
+from dslm.objectives import Forward
 
 
 def token_stats(logits: torch.Tensor, labels: torch.Tensor, objective: str) -> torch.Tensor:
@@ -27,13 +28,15 @@ def token_stats(logits: torch.Tensor, labels: torch.Tensor, objective: str) -> t
 
 @torch.no_grad()
 def evaluate(model: Callable[..., Any], dataset: Dataset, collate: Callable, objective: str, batch_size: int,
-             device: torch.device, seed: int) -> dict[str, float]:
+             device: torch.device, seed: int, forward: Forward | None = None) -> dict[str, float]:
     """Batch b holds examples [b*B, (b+1)*B) and is masked with seed + b, whatever the world size.
 
     So the figures do not depend on how many ranks evaluate, and a reloaded model evaluated in one
     process sees exactly the batches the engine saw. Every rank runs the same number of forward
     passes (ZeRO-3 gathers parameters collectively inside forward); extra passes are not counted.
+    `forward` is the training run's own (sparse MLM head); by default every position goes through the head.
     """
+    forward = forward or Forward(model, objective, sparse=False)
     world = dist.get_world_size() if dist.is_initialized() else 1
     rank = dist.get_rank() if dist.is_initialized() else 0
     n_batches = -(-len(dataset) // batch_size)
@@ -48,9 +51,7 @@ def evaluate(model: Callable[..., Any], dataset: Dataset, collate: Callable, obj
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + b)
             batch = collate([dataset[i] for i in range(b * batch_size, min((b + 1) * batch_size, len(dataset)))])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        labels = batch.pop("labels")
-        logits = model(**batch).logits
+        _, logits, labels = forward(model, batch, device)
         if counted:
             totals += token_stats(logits, labels, objective).double()
     if was_training:

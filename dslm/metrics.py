@@ -19,6 +19,11 @@ from tqdm import tqdm
 from dslm import redact
 
 
+def elapsed() -> float:
+    """Seconds since this process started (so the first logged step shows the start-up time)."""
+    return time.time() - psutil.Process().create_time()
+
+
 def memory_figures() -> dict[str, float]:
     if torch.cuda.is_available():
         return {"memory/peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30}
@@ -135,7 +140,9 @@ class Tracker:
             self.pending_step = step
             self.pending.update({k: v for k, v in figures.items() if v is not None})
         if "train/loss" in figures:
-            postfix = {"loss": f"{figures['train/loss']:.4f}", "lr": f"{figures['train/learning_rate']:.2e}",
+            loss = figures["train/loss"]
+            postfix = {"loss": "skipped" if loss is None else f"{loss:.4f}",
+                       "lr": f"{figures['train/learning_rate']:.2e}",
                        "tok/s": f"{figures['perf/tokens_per_second']:.0f}"}
             if self.bar is not None and not self.bar.disable:
                 self.bar.set_postfix(postfix, refresh=False)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from dslm import checkpoint, data, dist, ds_config, evaluation, metrics, model, objectives, redact
+from dslm import checkpoint, data, dist, ds_config, evaluation, metrics, model, nonfinite, objectives, redact
 from dslm.config import ConfigError, RunConfig
 
 RUN_OUTPUTS = ("checkpoints", "final", "metrics.jsonl", "results.json", "ds_config.json", "run_config.json")
@@ -28,6 +28,11 @@ def check_output_dir(config: RunConfig) -> None:
     out = Path(t.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output_dir {out} is a file: choose a directory")
+    from dslm import inputs
+
+    inputs.check_writable("output_dir", out)  # a read-only or full file system fails now, not at the first save
+    if config.data.cache_dir:
+        inputs.check_writable("cache_dir", Path(config.data.cache_dir))
     resume = t.resume_from_checkpoint
     if resume not in ("auto", "none"):
         if not (Path(resume) / checkpoint.STATE).exists():
@@ -129,6 +134,10 @@ def build_engine(module: torch.nn.Module, ds: dict[str, Any], config: RunConfig,
     return engine
 
 
+def is_logging_step(step: int, every: int, total: int, first: bool) -> bool:
+    return step % every == 0 or step == total or (first and step == 1)
+
+
 def micro_batches(loader: DataLoader, position: data.ResumableSampler | data.StreamBlocks, epoch: int, skip: int):
     """Endless (epoch, batch) stream from `skip` samples into `epoch`; a stream restarts its pass."""
     while True:
@@ -215,7 +224,12 @@ def run(config: RunConfig) -> dict[str, Any]:
             dist.barrier()
             load_dir = found.path / "universal"
             ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
+    if t.gradient_checkpointing:
+        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    forward = objectives.Forward(module, objective)
     engine = build_engine(module, ds, config, total_steps, warmup)
+    if t.torch_compile:
+        engine.compile()
     # Same initial weights on every rank, different masks and dropout per rank from here on.
     torch.manual_seed(t.seed + rank)
 
@@ -250,7 +264,7 @@ def run(config: RunConfig) -> dict[str, Any]:
         if prepared.validation is None:
             return {}
         return evaluation.evaluate(engine, prepared.validation, collate, objective, t.per_device_eval_batch_size,
-                                   engine.device, t.seed)
+                                   engine.device, t.seed, forward)
 
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters())
     tokens_per_step = micro * t.gradient_accumulation_steps * world * config.data.max_seq_length
@@ -279,10 +293,15 @@ def run(config: RunConfig) -> dict[str, Any]:
     per_token = metrics.flops_per_token(n_params, n_layers or 0, hidden or 0, config.data.max_seq_length, objective)
 
     def save(at: int) -> Path:
+        if not nonfinite.weights_finite(module):
+            raise nonfinite.NonFinite(f"the weights hold inf/NaN at step {at}: checkpoint {checkpoint.tag(at)} is not "
+                                      f"written ({kept_checkpoint(ckpt)}); check --learning_rate, --adam_epsilon and "
+                                      f"the data")
         unlogged = window[2].clone()  # tokens since the last log, not yet in tokens_seen
         torch.distributed.all_reduce(unlogged)
         state = {"step": at, "epoch": epoch, "samples": samples, "samples_in_epoch": samples_in_epoch,
                  "tokens_seen": tokens_seen + int(unlogged.item()), "world_size": world, "zero_stage": stage,
+                 "skipped_steps": guard.skipped,
                  "objective": objective,
                  "model_type": family, "data_fingerprint": prepared.fingerprint,
                  "config": redact.redact(config.to_dict())}
@@ -310,6 +329,10 @@ def run(config: RunConfig) -> dict[str, Any]:
     stop = dist.StopFlag()
     stop.install()
     tracker = metrics.Tracker(out, total_steps, enabled=tracker_enabled, start_step=step, wandb_run=wandb_run)
+    guard = nonfinite.Guard(engine, t.on_nan, fp16=bool(ds.get("fp16", {}).get("enabled")),
+                            min_loss_scale=float(ds.get("fp16", {}).get("min_loss_scale", 1)),
+                            warn=lambda msg: tracker.print(f"warning: {msg}"), kept=lambda: kept_checkpoint(ckpt))
+    guard.skipped = found.state.get("skipped_steps", 0) if found else 0
 
     try:
         before: dict[str, float] = {}
@@ -322,41 +345,49 @@ def run(config: RunConfig) -> dict[str, Any]:
 
         gas = t.gradient_accumulation_steps
         own_norm = None
-        window = torch.zeros(3, device=engine.device)  # [summed loss, micro batches, tokens] since the last log
+        # [summed loss, micro batches, tokens] since the last log: summed on the device, read only when logging
+        window = torch.zeros(3, device=engine.device)
+        step_loss = torch.zeros((), device=engine.device)
         last_log = start = time.perf_counter()
-        start_step = step
+        start_step = last_logged_step = step
         engine.train()
         stream = micro_batches(loader, sampler or prepared.train, epoch, samples_in_epoch)
         train_loss = None
         while step < total_steps:
-            logging_now = (step + 1) % t.logging_steps == 0 or step + 1 == total_steps
+            logging_now = is_logging_step(step + 1, t.logging_steps, total_steps, t.logging_first_step)
+            step_loss.zero_()
             for micro_step in range(gas):
                 batch_epoch, batch = next(stream)
                 if batch_epoch != epoch:
                     epoch, samples_in_epoch = batch_epoch, 0
                 # Counted on the CPU copy: no device sync in the hot loop.
                 n_tokens = int(batch["attention_mask"].sum())
-                batch = {k: v.to(engine.device, non_blocking=True) for k, v in batch.items()}
-                loss = engine(**batch).loss
+                loss, _, _ = forward(engine, batch, engine.device)
                 engine.backward(loss)
-                if logging_now and micro_step == gas - 1 and stage == 0:
+                boundary = micro_step == gas - 1
+                if boundary and logging_now and stage == 0 and not guard.checks_itself:
                     # Without ZeRO DeepSpeed reports no gradient norm; the averaged grads are here until step().
-                    grads = [p.grad for p in module.parameters() if p.grad is not None]
-                    own_norm = torch.nn.utils.get_total_norm(grads)
-                engine.step()
-                window[0] += loss.detach().float()
-                window[1] += 1
+                    own_norm = torch.nn.utils.get_total_norm([p.grad for p in module.parameters()
+                                                              if p.grad is not None])
+                checked_norm = guard.step(module, boundary)  # engine.step(), guarded
+                own_norm = own_norm if checked_norm is None else checked_norm
+                step_loss += loss.detach().float()
                 window[2] += n_tokens
                 samples += micro * world
                 samples_in_epoch += micro * world
             step += 1
+            if guard.after_step(step, step_loss):  # a skipped step's loss stays out of the logged mean
+                window[0] += step_loss
+                window[1] += gas
             tracker.advance()
 
-            if step % t.logging_steps == 0 or step == total_steps:
+            if logging_now:
                 torch.distributed.all_reduce(window)
                 now = time.perf_counter()
-                train_loss = (window[0] / window[1]).item()
+                # None when every step since the last log was skipped for inf/NaN
+                train_loss = (window[0] / window[1]).item() if window[1].item() else None
                 tokens_seen += int(window[2].item())  # real tokens on all ranks, padding excluded
+                steps_since_log, last_logged_step = step - last_logged_step, step
                 grad_norm = engine.get_global_grad_norm() if stage else own_norm
                 figures = {
                     "train/loss": train_loss,
@@ -365,8 +396,10 @@ def run(config: RunConfig) -> dict[str, Any]:
                     "train/epoch": epoch if streaming else samples / (micro_per_epoch * micro * world),
                     "train/tokens_seen": tokens_seen,
                     "perf/tokens_per_second": window[2].item() / (now - last_log),
-                    "perf/samples_per_second": window[1].item() * micro / (now - last_log),
-                    "perf/step_time": (now - last_log) / (window[1].item() / world / gas),
+                    "perf/samples_per_second": steps_since_log * gas * micro * world / (now - last_log),
+                    "perf/step_time": (now - last_log) / steps_since_log,
+                    "perf/elapsed_s": metrics.elapsed(),
+                    **guard.figures(),
                     **metrics.memory_figures(),
                 }
                 if peak and n_layers:  # model FLOPs utilisation, GPUs only
@@ -404,13 +437,15 @@ def run(config: RunConfig) -> dict[str, Any]:
             "objective": objective, "model_type": family, "world_size": world, "nodes": nodes, "zero_stage": stage,
             "data_fingerprint": prepared.fingerprint, "resumed_from_step": start_step or None,
             "train": {"steps": step, "samples": samples, "tokens": trained_tokens, "loss": train_loss,
+                      "skipped_steps": guard.skipped,
                       "runtime_s": train_time,
                       "tokens_per_second": trained_tokens / train_time if train_time else None},
             "eval_before": before, "eval": after,
         }
         if dist.is_main():
             (out / "results.json").write_text(json.dumps(results, indent=2))
-            summary = f"done: {step} steps in {train_time:.0f}s ({tokens_seen / train_time:.0f} tokens/s)"
+            skipped = f", {guard.skipped} skipped for inf/NaN" if guard.skipped else ""
+            summary = f"done: {step} steps{skipped} in {train_time:.0f}s ({tokens_seen / train_time:.0f} tokens/s)"
             if before and after:
                 summary += (f"; eval perplexity {before['eval/perplexity']:.2f} -> {after['eval/perplexity']:.2f}, "
                             f"accuracy {before['eval/accuracy']:.3f} -> {after['eval/accuracy']:.3f}")
@@ -422,7 +457,19 @@ def run(config: RunConfig) -> dict[str, Any]:
 
     except BaseException as exc:  # the W&B run records how the job ended, then the error goes on
         tracker.close(exit_code=getattr(exc, "exit_code", 1))
+        lost = dist.comm_failure(exc, t.dist_timeout)
+        if lost:
+            raise dist.PeerLost(f"stopped at step {step}: {lost}; {kept_checkpoint(ckpt)}: run the same command to "
+                                f"resume") from None
         raise
+
+def kept_checkpoint(ckpt: checkpoint.Checkpointer) -> str:
+    """Which committed checkpoint a failed run leaves as latest (read from the pointer: no collective)."""
+    pointer = ckpt.root / checkpoint.POINTER
+    if pointer.exists():
+        return f"{ckpt.root / pointer.read_text().strip()} stays the latest checkpoint"
+    return "no checkpoint was committed before it"
+
 
 def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
@@ -447,21 +494,14 @@ def git_commit() -> str | None:
 
 
 def find_resume(config: RunConfig, ckpt: checkpoint.Checkpointer) -> checkpoint.Found | None:
-    """Rank 0 picks the checkpoint (verifying it) and tells the others."""
+    """The checkpoint to resume from, the same on every rank (they verify it together)."""
     t = config.train
     if t.resume_from_checkpoint == "none" or (t.resume_from_checkpoint == "auto" and t.overwrite_output_dir):
         return None
-    choice = None
-    if dist.is_main():
-        if t.resume_from_checkpoint == "auto":
-            found = ckpt.latest()
-            choice = (str(found.path), found.state) if found else None
-        else:
-            path = Path(t.resume_from_checkpoint)
-            problem = checkpoint.verify(path)
-            choice = ("error", f"--resume_from_checkpoint {path}: {problem}") if problem else (
-                str(path), checkpoint.read_state(path))
-    choice = dist.broadcast(choice)
-    if choice and choice[0] == "error":
-        raise ConfigError(choice[1])
-    return checkpoint.Found(Path(choice[0]), choice[1]) if choice else None
+    if t.resume_from_checkpoint == "auto":
+        return ckpt.latest()
+    path = Path(t.resume_from_checkpoint)
+    problem = checkpoint.verify_together(path)
+    if problem:
+        raise ConfigError(f"--resume_from_checkpoint {path}: {problem}")
+    return checkpoint.Found(path, checkpoint.read_state(path))

@@ -48,8 +48,10 @@ def env() -> dict[str, str]:
     return e
 
 
-def run(cmd: list[str], cwd: Path = ROOT, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+def run(cmd: list[str], cwd: Path = ROOT, timeout: int = 600, check: bool = True,
+        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
                              f"--- stderr\n{proc.stderr[-6000:]}")
@@ -61,8 +63,13 @@ def dslm(*args: str, **kw) -> subprocess.CompletedProcess:
     return run([exe, *args], **kw)
 
 
+def deepspeed_exe() -> str:
+    """The launcher of this interpreter's environment, also when that environment is not activated."""
+    return shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
+
+
 def deepspeed(nproc: int, *args: str, **kw) -> subprocess.CompletedProcess:
-    exe = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
+    exe = deepspeed_exe()
     return run([exe, "--num_gpus", str(nproc), "--master_port", str(free_port()), LAUNCH, *args], **kw)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import LAUNCH, ROOT, deepspeed, dslm, env, free_port, metrics, results, tiny_flags
+from conftest import LAUNCH, ROOT, deepspeed, deepspeed_exe, dslm, env, free_port, metrics, results, tiny_flags
 
 from dslm import checkpoint, data
 from dslm.config import EXIT_STOPPED
@@ -30,7 +30,8 @@ def step_losses(out: Path) -> dict[int, float]:
 
 
 def launch_background(out: Path, *extra: str, steps: int = STEPS, extra_env: dict | None = None):
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), LAUNCH, *flags(out, *extra, steps=steps)]
+    cmd = [deepspeed_exe(), "--num_gpus", "2", "--master_port", str(free_port()), LAUNCH,
+           *flags(out, *extra, steps=steps)]
     return subprocess.Popen(cmd, cwd=ROOT, env={**env(), **(extra_env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
@@ -95,6 +96,23 @@ def test_kill_of_one_rank_between_its_shards_and_the_commit(reference, tmp_path)
     assert (out / "checkpoints" / "latest").read_text() == "step-00000004"
     deepspeed(2, *flags(out))
     assert results(out)["resumed_from_step"] == 4
+    assert step_losses(out) == step_losses(reference)
+
+
+def test_a_rank_killed_mid_run_ends_the_job_with_a_reason_and_the_restart_is_exact(reference, tmp_path):
+    out = tmp_path / "out"
+    proc = launch_background(out, "--dist_timeout", "5", steps=STEPS)
+    wait_for_step(out, 5, proc)
+    os.kill(rank_pid(proc, 1), signal.SIGKILL)
+    killed = time.time()
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and time.time() - killed < 60  # far inside --dist_timeout: a dead peer is no hang
+    said = [ln for ln in output.splitlines() if ln.startswith("dslm:")]
+    assert len(said) == 1 and said[0].startswith("dslm: error: rank 0: stopped at step "), output[-4000:]
+    assert "another rank is gone" in said[0] and "run the same command to resume" in said[0]
+    assert "Traceback" not in output
+    deepspeed(2, *flags(out))
+    assert results(out)["resumed_from_step"] in (4, 6)
     assert step_losses(out) == step_losses(reference)
 
 

@@ -1,7 +1,9 @@
 import json
+import os
 
 import pandas as pd
 import pytest
+from datasets import Dataset
 from transformers import AutoTokenizer
 
 from dslm import data
@@ -166,3 +168,77 @@ def tokenizer_fp(prepared):
     from dslm.tokenizer import fingerprint
 
     return fingerprint(prepared.tokenizer)
+
+
+# Texts that exercise what a tokenizer can get wrong: accents, CJK, emoji, odd whitespace, control
+# characters, special tokens of every family written in the text, and a long one (truncation).
+TRICKY = ["Hello, world! 42 naïve CAFÉ", "  leading and  trailing  ", "日本語のテキスト 🙂", "a\tb\nc\u00a0d\u200be",
+          "x", "\x00\x01 control", "[MASK] [SEP] <mask> </s> <sep> <|endoftext|> <unk> written in the text",
+          " ".join(["words"] * 100)]
+
+
+def _trained(family):
+    from dslm import tokenizer as tok
+
+    return tok.train(family, iter([data.builtin_texts()[:40]]), 300)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "gpt2", "xlnet"])
+def test_rust_path_gives_exactly_what_the_tokenizer_call_gives(family):
+    """The cache build reads the Rust tokenizer directly; its ids, masks and offsets must be __call__'s."""
+    tokenizer = _trained(family)
+    texts = data.builtin_texts()[:6] + TRICKY
+    for line_by_line in (False, True):
+        expected = tokenizer(texts, truncation=line_by_line, max_length=32 if line_by_line else None,
+                             return_special_tokens_mask=True, return_offsets_mapping=True)
+        eos = tokenizer.eos_token_id
+        # Packed documents get an EOS where the tokenizer adds none (GPT-2, XLNet): their boundary.
+        add_eos = not line_by_line and eos is not None and eos not in tokenizer("a")["input_ids"]
+        for columns in (["input_ids"], ["input_ids", "special_tokens_mask"],
+                        ["input_ids", "special_tokens_mask", "offset_mapping"]):
+            enc = data._Encoder(tokenizer, columns, line_by_line=line_by_line, max_seq_length=32)
+            assert enc.rust is not None  # the fast path is the one under test
+            ds = data.tokenize(Dataset.from_dict({"text": texts}), tokenizer, columns, line_by_line=line_by_line,
+                               max_seq_length=32, num_proc=None)
+            assert ds.features == data._features(columns)
+            streamed = data.encoder(tokenizer, columns, line_by_line=line_by_line, max_seq_length=32)(texts)
+            for name, extra in (("input_ids", eos), ("special_tokens_mask", 1), ("offset_mapping", (0, 0))):
+                if name in columns:
+                    want = [list(row) + ([extra] if add_eos else []) for row in expected[name]]
+                    assert streamed[name] == want, (name, line_by_line)
+                    if name == "offset_mapping":
+                        want = [[list(pair) for pair in row] for row in want]
+                    assert ds[name] == want, (name, line_by_line)
+
+
+def test_a_tokenizer_that_encodes_in_python_keeps_its_call():
+    tokenizer = _trained("bert")
+
+    class Shouting(type(tokenizer)):  # changes the text before the Rust tokenizer sees it
+        def _encode_plus(self, text, *args, **kwargs):
+            return super()._encode_plus([t.upper() for t in text], *args, **kwargs)
+
+    tokenizer.__class__ = Shouting
+    enc = data._Encoder(tokenizer, ["input_ids"], line_by_line=False, max_seq_length=32)
+    assert enc.rust is None
+    assert enc.rows(enc.encode(["hello"]))["input_ids"] == [tokenizer(["hello"])["input_ids"][0]]
+
+
+def test_the_cache_build_restores_tokenizers_parallelism(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # as dslm's CLI sets it
+    prepare(tmp_path, max_seq_length=32)
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"  # DataLoader workers forked later stay serial
+
+
+def test_tokenize_in_many_batches_gives_the_same_rows(monkeypatch):
+    """The build encodes batch after batch (the next one while converting the last): order and
+    content must not depend on where the batches are cut."""
+    tokenizer = _trained("gpt2")
+    ds = Dataset.from_dict({"text": data.builtin_texts()[:30] + TRICKY})
+    columns = ["input_ids", "special_tokens_mask", "offset_mapping"]
+    whole = data.tokenize(ds, tokenizer, columns, line_by_line=False, max_seq_length=32, num_proc=None)
+    monkeypatch.setattr(data, "ENCODE_BATCH_BYTES", 2000)  # many batches, some of a single long text
+    assert len(list(data._text_batches(ds, data.ENCODE_BATCH_BYTES))) > 10
+    cut = data.tokenize(ds, tokenizer, columns, line_by_line=False, max_seq_length=32, num_proc=None)
+    assert cut.to_dict() == whole.to_dict()
+    assert data.pack(cut, 32).to_dict() == data.pack(whole, 32).to_dict()

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import LAUNCH, ROOT, env, free_port, metrics, tiny_flags
+from conftest import LAUNCH, ROOT, deepspeed_exe, env, free_port, metrics, tiny_flags
 
 from dslm import dist
 from dslm.config import ConfigError
@@ -17,7 +17,7 @@ from dslm.config import ConfigError
 
 def test_shm_segments_are_mapped_but_unlinked_so_a_killed_run_leaks_no_memory(tmp_path):
     out, port = tmp_path / "out", free_port()
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), LAUNCH,
+    cmd = [deepspeed_exe(), "--num_gpus", "2", "--master_port", str(port), LAUNCH,
            "train", *tiny_flags("gpt2", out, "--objective", "clm", "--logging_steps", "1", steps=400)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

@@ -200,8 +200,11 @@ def test_a_killed_host_ends_the_job_and_the_same_command_resumes(hosts, tmp_path
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
-            p.communicate()
+        outputs = [p.communicate()[0] for p in procs]
     assert procs[0].returncode not in (0, None) and time.time() - killed_at < 90
+    said = [ln for ln in outputs[0].splitlines() if ln.startswith("dslm:")]  # the surviving rank says why
+    assert len(said) == 1 and said[0].startswith("dslm: error: rank 0: stopped at step "), outputs[0][-4000:]
+    assert "another rank is gone" in said[0]
     committed = int((out / "checkpoints" / "latest").read_text().split("-")[1])
     wait_all(node_sh(hosts, out, free_port(), "--dist_timeout", "1", steps=60), hosts=hosts)
     res = results(out)
@@ -255,9 +258,14 @@ def test_a_hung_host_is_detected_by_dist_timeout(hosts, tmp_path):
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
+        output = procs[0].communicate()[0]
+        for p in procs[1:]:
             p.communicate()
     assert procs[0].returncode not in (0, None)
     assert 10 < waited < 75, waited  # the 15 s timeout, plus the launcher's own shutdown
+    said = [ln for ln in output.splitlines() if ln.startswith("dslm:")]  # the waiting rank says why, once
+    assert len(said) == 1 and said[0].startswith("dslm: error: rank 0: stopped at step "), output[-4000:]
+    assert "no answer from another rank within --dist_timeout 0.25 min" in said[0]
 
 
 def test_sigterm_to_each_node_saves_and_exits_75_then_the_job_resumes(hosts, tmp_path):

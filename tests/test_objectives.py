@@ -88,3 +88,35 @@ def test_objective_model_mismatch(objective, family, message):
 def test_default_objectives():
     assert [objectives.default_objective(f) for f in ("bert", "roberta", "gpt2", "xlnet")] == [
         "mlm", "mlm", "clm", "plm"]
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
+def test_the_sparse_mlm_head_gives_the_models_own_loss_and_gradients(bert_tok, family):
+    """Only labelled positions go through the head: same loss, same gradients, fewer FLOPs."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    small = {"bert": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
+             "roberta": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                             pad_token_id=bert_tok.pad_token_id),
+             "distilbert": dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64)}[family]
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_config(AutoConfig.for_model(family, vocab_size=len(bert_tok), **small))
+    collate = objectives.Collator("mlm", bert_tok, ObjectiveConfig())
+    batch = collate(encode(bert_tok, ["the interpreter evaluates expressions and statements"] * 4, wwm=False))
+    batch.pop("token_type_ids", None)
+    dense = objectives.Forward(model, "mlm", sparse=False)
+    sparse = objectives.Forward(model, "mlm")
+    assert sparse.sparse and not dense.sparse
+    results = []
+    for forward in (dense, sparse):
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks for both
+        loss, logits, labels = forward(model, dict(batch), torch.device("cpu"))
+        loss.backward()
+        results.append((loss.detach(), logits.shape, [p.grad.clone() for p in model.parameters()]))
+    (dense_loss, dense_shape, dense_grads), (sparse_loss, sparse_shape, sparse_grads) = results
+    n_labelled = int((batch["labels"] != -100).sum())
+    assert sparse_shape == (1, n_labelled, len(bert_tok)) and dense_shape[:2] == batch["labels"].shape
+    assert torch.allclose(sparse_loss, dense_loss, rtol=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(dense_grads, sparse_grads, strict=True))
+    assert model(**batch).logits.shape[:2] == batch["labels"].shape  # a plain call still sees every position
