@@ -7,6 +7,7 @@ import difflib
 import inspect
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -180,5 +181,11 @@ def _exit_with(exc: DslmError) -> None:
         # abort the process (exit 250, "terminate called without an active exception") and lose
         # the exit code that says what happened. Outputs and the W&B run are closed by now.
         sys.stdout.flush()
+        if exc.same_on_every_rank:
+            # The launcher kills the other ranks as soon as one exits: the others wait (briefly)
+            # until rank 0 has said why, or its line could be lost.
+            waiter = threading.Thread(target=distributed.barrier, daemon=True)
+            waiter.start()
+            waiter.join(timeout=10)
         os._exit(exc.exit_code)
     sys.exit(exc.exit_code)

@@ -144,10 +144,10 @@ def test_a_wrong_encoding_in_the_last_mib_is_found_without_reading_the_middle(tm
 
 
 def test_a_wrong_encoding_deep_in_the_file_is_one_line_too(tmp_path, out):
-    """Past the sampled first and last MiB, and past the 10 MiB that datasets decodes for the first row,
-    the checks cannot see it: datasets' error while loading is turned into the same one line."""
+    """Past the sampled first and last MiB the checks cannot see it: datasets' error while loading is
+    turned into the same one line."""
     line = b"some plain words for the corpus\n"
-    path = write(tmp_path / "middle.txt", line * (11 * 2**20 // len(line)) + "café\n".encode("latin-1")
+    path = write(tmp_path / "middle.txt", line * (2 * 2**20 // len(line)) + "café\n".encode("latin-1")
                  + line * (2 * 2**20 // len(line)))
     refused([*tiny(out), "--train_file", str(path)], "is not UTF-8 text (byte 0xe9: invalid continuation byte): "
             "convert it, e.g. iconv -f LATIN1 -t UTF-8", before_work=False)
