@@ -463,6 +463,7 @@ def run(config: RunConfig) -> dict[str, Any]:
                                 f"resume") from None
         raise
 
+
 def kept_checkpoint(ckpt: checkpoint.Checkpointer) -> str:
     """Which committed checkpoint a failed run leaves as latest (read from the pointer: no collective)."""
     pointer = ckpt.root / checkpoint.POINTER

@@ -115,3 +115,14 @@ def test_bf16_on_cpu(tmp_path):
     assert json.loads((out / "ds_config.json").read_text())["bf16"]["enabled"] is True
     assert results(out)["eval"]["eval/loss"] < results(out)["eval_before"]["eval/loss"]
     AutoModelForMaskedLM.from_pretrained(out / "final")
+
+
+def test_gradient_checkpointing_and_logging_first_step(tmp_path):
+    """Recomputing activations gives the same losses; --logging_first_step adds step 1 to the log."""
+    plain, recomputed = tmp_path / "plain", tmp_path / "recomputed"
+    dslm("train", *tiny_flags("gpt2", plain, steps=4))
+    dslm("train", *tiny_flags("gpt2", recomputed, "--gradient_checkpointing", "--logging_first_step", steps=4))
+    logged = {m["step"]: m["train/loss"] for m in metrics(recomputed) if "train/loss" in m}
+    assert sorted(logged) == [1, 2, 4]
+    # Each logged loss is the mean since the previous log: plain's step 2 covers steps 1 and 2.
+    assert [(logged[1] + logged[2]) / 2, logged[4]] == pytest.approx(train_losses(plain), rel=1e-5)
