@@ -59,6 +59,7 @@ def rank_main(args: argparse.Namespace) -> None:
     from bench.engine import build, parse_flags
     from dslm import checkpoint, dist
     from dslm.config import RunConfig
+    from dslm.progress import Progress
 
     out = Path(args.work_dir) / "run"
     config = RunConfig.from_flags(**parse_flags(FLAGS + ["--output_dir", str(out), "--cache_dir",
@@ -66,18 +67,18 @@ def rank_main(args: argparse.Namespace) -> None:
                                                          args.deepspeed]))
     dist.fill_launcher_env(os.environ)
     dist.init(30)
-    run = build(config)
+    run, ds = build(config)
     batch = next(iter(run.loader))  # one real step, so the optimizer state exists and is saved
     loss, _, _ = run.forward(run.engine, batch, run.engine.device)
     run.engine.backward(loss)
     run.engine.step()
-    ckpt = checkpoint.Checkpointer(out, "bench", save_total_limit=1, milestone_steps=None)
+    ckpt = checkpoint.Checkpointer(checkpoint.Checkpoints(out, "bench"), {"zero_stage": checkpoint_stage(ds)},
+                                   save_steps=0, limit=1, milestone=None)
     rows = []
     for repeat in range(args.repeats):
         step = repeat + 1
         start = time.perf_counter()
-        tag_dir = ckpt.save(run.engine, step, {"step": step, "zero_stage": checkpoint_stage(run.ds)},
-                            run.module.config, run.prepared.tokenizer)
+        tag_dir = ckpt.save(run.engine, run.module, run.prepared.tokenizer, Progress(step=step))
         save_s = time.perf_counter() - start
         size = checkpoint.size_of(tag_dir)
         disk_s = write_speed(out, size // dist.world_size(), dist.rank())
@@ -85,7 +86,7 @@ def rank_main(args: argparse.Namespace) -> None:
         dist.barrier()
         start = time.perf_counter()
         problem = checkpoint.verify_together(tag_dir)  # as a resume verifies: every rank reads its share
-        with checkpoint._quiet():
+        with checkpoint.quiet():
             loaded, _ = run.engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
         dist.barrier()
         load_s = time.perf_counter() - start

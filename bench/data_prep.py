@@ -6,7 +6,7 @@ On the corpus of `bench/corpus.py` (>= 50 MB of pydoc and stdlib docstrings), wi
 `dslm.tokenizer.train` trains on its distinct documents, three sides tokenize and pack the same texts
 into max_seq_length=128 blocks:
 
-- dslm: `dslm.data._build`, exactly what `dslm prepare` / `dslm train` run to build the cache (tokenize,
+- dslm: `dslm.data.cache._build`, exactly what `dslm prepare` / `dslm train` run to build the cache (tokenize,
   pack the whole split, `save_to_disk`), under the environment dslm's CLI sets
   (TOKENIZERS_PARALLELISM=false; the build decides its own parallelism).
   mlm (BERT WordPiece): input_ids + special_tokens_mask. clm (GPT-2 byte-level BPE): input_ids, an
@@ -65,9 +65,9 @@ from transformers import PreTrainedTokenizerBase
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench/data_prep.py` from a checkout
 
 from bench import corpus  # noqa: E402
-from dslm import data  # noqa: E402
 from dslm import tokenizer as tok  # noqa: E402
 from dslm.config import RunConfig  # noqa: E402
+from dslm.data import cache, encode  # noqa: E402
 
 CASES = {"mlm": "bert", "clm": "gpt2"}  # objective -> the model family whose tokenizer it uses
 BLOCK = 128
@@ -114,8 +114,8 @@ def dslm_pipeline(raw: Dataset, tokenizer: PreTrainedTokenizerBase, objective: s
                   out: Path) -> None:
     """What `dslm prepare` runs to build the cache, on the same texts."""
     config = RunConfig.from_flags(output_dir=str(out.parent / "run"), model_type=family, max_seq_length=BLOCK)
-    columns = data.columns_for(objective, config.objective.whole_word_mask)
-    data._build(config, DatasetDict({"train": raw}), tokenizer, columns, out)
+    columns = encode.columns_for(objective, config.objective.whole_word_mask)
+    cache._build(config, DatasetDict({"train": raw}), tokenizer, columns, out)
 
 
 def ceiling(backend: Any, texts: list[str], batch: int, eos: int | None = None,

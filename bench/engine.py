@@ -4,25 +4,26 @@ that time something against dslm's loop or checkpoints on the very same setup.""
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
+import os
+from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader
-
-from dslm import data, dist, ds_config, model, objectives, train
-from dslm.config import RunConfig, all_fields, coerce
+from dslm import dist, train
+from dslm.config import RunConfig, all_fields, coerce, field_types
+from dslm.report import Reporter
 
 
 def parse_flags(argv: list[str]) -> dict[str, Any]:
     """`--name value` / `--switch` pairs into typed flag values, as the CLI would pass them."""
-    fields, flags, i = all_fields(), {}, 0
+    flags, i = {}, 0
     while i < len(argv):
         name = argv[i][2:]
-        if fields[name].type in ("bool", bool) and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+        if name not in all_fields():
+            raise SystemExit(f"unknown flag {argv[i]}")
+        if field_types()[name] is bool and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
             flags[name], i = True, i + 1
         else:
-            flags[name], i = coerce(name, _literal(argv[i + 1]), fields[name].type), i + 2
+            flags[name], i = coerce(name, _literal(argv[i + 1])), i + 2
     return flags
 
 
@@ -34,31 +35,10 @@ def _literal(raw: str) -> object:
         return raw
 
 
-@dataclass
-class Built:
-    engine: Any
-    module: torch.nn.Module
-    prepared: data.Prepared
-    forward: objectives.Forward
-    loader: DataLoader
-    ds: dict[str, Any]
-
-
-def build(config: RunConfig) -> Built:
-    """What `train.run` builds before its loop (the process group must be up)."""
-    t = config.train
-    family, objective, model_config = model.resolve(config)
-    prepared = data.prepare(config, family, objective)
-    module = model.build(config, model_config, objective, prepared.tokenizer)
-    world, rank = dist.world_size(), dist.rank()
-    _, total, warmup = train.schedule(len(prepared.train), config, world)
-    ds = ds_config.resolve(ds_config.load(t.deepspeed), config, world_size=world, total_steps=total,
-                           warmup_steps=warmup, hidden_size=getattr(module.config, "hidden_size", None),
-                           on_cpu=not torch.cuda.is_available(), source=t.deepspeed)
-    forward = objectives.Forward(module, objective)
-    engine = train.build_engine(module, ds, config, total, warmup)
-    torch.manual_seed(t.seed + rank)  # as train.run seeds the masks
-    sampler = data.ResumableSampler(len(prepared.train), world, rank, t.seed, t.per_device_train_batch_size)
-    loader = DataLoader(prepared.train, batch_size=t.per_device_train_batch_size, sampler=sampler, drop_last=True,
-                        collate_fn=objectives.Collator(objective, prepared.tokenizer, config.objective))
-    return Built(engine, module, prepared, forward, loader, ds)
+def build(config: RunConfig) -> tuple[train.Parts, dict[str, Any]]:
+    """What `train.run` builds before its loop, by the same functions (the process group must be up):
+    the parts and the resolved DeepSpeed config."""
+    dist.fill_launcher_env(os.environ)
+    reporter = Reporter(Path(config.train.output_dir), enabled=False)
+    start = train.check(config, reporter)
+    return train.build(config, start, reporter), start.ds

@@ -31,7 +31,7 @@ def bare_step_time(config, warmup: int, steps: int) -> float:
     from bench import engine as built
     from dslm import dist
 
-    run = built.build(config)
+    run, _ = built.build(config)
     batches = [b for b, _ in zip(run.loader, range(steps), strict=False)]
     run.engine.train()
     for i, batch in enumerate(batches):

@@ -31,7 +31,7 @@ CASES = {
 def prepare(work: Path, vocab_size: int) -> dict[str, Path]:
     """The data file (the built-in corpus) and one tokenizer per family, trained once, used by both sides."""
     from dslm import tokenizer
-    from dslm.data import builtin_texts
+    from dslm.data.sources import builtin_texts
 
     texts = builtin_texts()
     corpus = work / "corpus.txt"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import os
 import sys
@@ -13,7 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from dslm import hostfile
-from dslm.config import EXIT_STOPPED, SECTIONS, ConfigError, DslmError, RunConfig, all_fields
+from dslm.config import SECTIONS, RunConfig, all_fields, field_types
+from dslm.errors import EXIT_STOPPED, ConfigError, DslmError, PeerLost, suggest
 
 DEBUG_FLAG = "--debug"
 
@@ -55,7 +55,7 @@ def _take_launcher_flags(argv: list[str]) -> tuple[list[str], bool]:
 def _check_flag_names(args: list[str]) -> None:
     """Fire runs a command before it complains about a flag it could not use: refuse typos first."""
     known = set(all_fields())
-    bools = {f.name for f in all_fields().values() if f.type in ("bool", bool)}
+    bools = {name for name, kind in field_types().items() if kind is bool}
     for arg in args:
         if arg in ("--", "--help", "-h"):
             return
@@ -64,9 +64,8 @@ def _check_flag_names(args: list[str]) -> None:
         name = arg[2:].split("=", 1)[0].replace("-", "_")
         if name in known or (name.startswith("no") and name[2:] in bools):
             continue
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f" (did you mean --{close[0]}?)" if close else ""
-        raise ConfigError(f"unknown flag --{name}{hint}: see `dslm train --help`")
+        raise ConfigError(f"unknown flag --{name}{suggest(name, known, ' (did you mean --{}?)')}: see "
+                          f"`dslm train --help`")
 
 
 def _with_flags(fn: Callable[[RunConfig], Any], summary: str) -> Callable[..., Any]:
@@ -109,12 +108,13 @@ def export(checkpoint_dir: str, out_dir: str) -> None:
     from pathlib import Path
 
     from dslm import checkpoint
+    from dslm.export import export as export_checkpoint
 
     path = Path(checkpoint_dir)
     if not (path / checkpoint.STATE).exists():
         raise ConfigError(f"{checkpoint_dir} is not a dslm checkpoint (no {checkpoint.STATE}): give a directory "
                           f"under OUTPUT_DIR/checkpoints")
-    checkpoint.export(path, Path(out_dir))
+    export_checkpoint(path, Path(out_dir))
     print(f"exported {checkpoint_dir} to {out_dir}")
 
 
@@ -164,7 +164,7 @@ def _as_user_error(exc: Exception) -> DslmError | None:
 
         lost = dist.comm_failure(exc, float("nan"))
         if lost:
-            return dist.PeerLost(f"stopped while starting: {lost}")
+            return PeerLost(f"stopped while starting: {lost}")
     return None
 
 

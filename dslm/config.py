@@ -8,6 +8,7 @@ Flag names follow Hugging Face's run_mlm.py / run_clm.py / run_plm.py and `Train
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -15,9 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dslm import inputs
+from dslm.errors import ConfigError
+
 OBJECTIVES = ("mlm", "clm", "plm")
-DATA_SUFFIXES = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv",
-                 ".parquet": "parquet"}
+ON_NAN = ("stop", "skip")
+TRACKERS = ("wandb", "all", "none")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt")
 
@@ -27,21 +31,6 @@ INT_LIMIT = 2**31 - 1  # token ids are int32 in the cache; counts go to C++ code
 # where the update overflows (a traceback inside the optimizer's step, not a NaN loss).
 OPTIMIZER_LIMIT = 1e6
 MAX_TIMEOUT_MINUTES = 1_000_000  # about two years: more is no timeout, and far more overflows timedelta
-EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped by a signal after saving; the same command resumes
-
-
-class DslmError(Exception):
-    """A failure the user can act on: printed as one line, no traceback."""
-
-    exit_code = 1
-    same_on_every_rank = False  # then only rank 0 says it
-
-
-class ConfigError(DslmError, ValueError):
-    """A problem with the user's input, found before any work."""
-
-    exit_code = 2
-    same_on_every_rank = True
 
 
 def _help(text: str, default: Any = None) -> Any:
@@ -139,8 +128,8 @@ class TrainConfig:
 
 @dataclass
 class LoggingConfig:
-    report_to: str = _help("wandb or none; W&B runs offline (upload later with `wandb sync`) when there is no "
-                           "login, and WANDB_MODE is honoured", "wandb")
+    report_to: str = _help("wandb, all (every tracker installed: W&B) or none; W&B runs offline (upload later "
+                           "with `wandb sync`) when there is no login, and WANDB_MODE is honoured", "wandb")
     wandb_project: str | None = _help("W&B project; default $WANDB_PROJECT, else dslm")
     wandb_entity: str | None = _help("W&B entity (team or user); default $WANDB_ENTITY")
     wandb_group: str | None = _help("W&B group, to compare runs side by side; default $WANDB_RUN_GROUP")
@@ -172,7 +161,7 @@ class RunConfig:
             values = {}
             for f in dataclasses.fields(section_cls):
                 if f.name in flags:
-                    values[f.name] = coerce(f.name, flags[f.name], f.type)
+                    values[f.name] = coerce(f.name, flags[f.name])
             sections[name] = section_cls(**values)
         config = cls(**sections, given=frozenset(flags))
         config.validate()
@@ -231,10 +220,10 @@ class RunConfig:
         if t.lr_scheduler_type not in SCHEDULERS:
             raise ConfigError(f"unknown --lr_scheduler_type {t.lr_scheduler_type!r}: use one of "
                               f"{', '.join(SCHEDULERS)}")
-        if self.logging.report_to not in ("wandb", "none", "all"):
+        if self.logging.report_to not in TRACKERS:
             raise ConfigError(f"--report_to {self.logging.report_to!r}: dslm reports to wandb or none "
                               f"(metrics.jsonl is always written)")
-        if t.on_nan not in ("stop", "skip"):
+        if t.on_nan not in ON_NAN:
             raise ConfigError(f"unknown --on_nan {t.on_nan!r}: use stop or skip")
         if t.bf16 and t.fp16:
             raise ConfigError("--bf16 and --fp16 conflict: pick one precision")
@@ -250,7 +239,7 @@ class RunConfig:
         for name in ("train_file", "validation_file"):
             path = getattr(d, name)
             if path is not None:
-                check_data_file(name, path, d.text_column)
+                inputs.check_data_file(name, path, d.text_column)
 
     def _check_number_ranges(self) -> None:
         """Bounds every number has whatever it means: a finite float, an int that fits the int32 token ids
@@ -280,27 +269,25 @@ class RunConfig:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
 
 
-def check_data_file(flag: str, path: str, text_column: str | None = None) -> None:
-    """Cheap checks of a data file (exists, readable, UTF-8, has a text column): see dslm.inputs."""
-    from dslm import inputs
-
-    inputs.check_data_file(flag, path, text_column)
-
-
 def all_fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for section in SECTIONS.values() for f in dataclasses.fields(section)}
 
 
-def _base_type(annotation: Any) -> type:
-    hint = eval(annotation, {}, {}) if isinstance(annotation, str) else annotation  # noqa: S307 - our own hints
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return next(a for a in typing.get_args(hint) if a is not type(None))
-    return hint
+@functools.cache
+def field_types() -> dict[str, type]:
+    """Each flag's type, without Optional: the annotations are strings (postponed evaluation)."""
+    out = {}
+    for section in SECTIONS.values():
+        for name, hint in typing.get_type_hints(section).items():
+            if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+                hint = next(a for a in typing.get_args(hint) if a is not type(None))
+            out[name] = hint
+    return out
 
 
-def coerce(name: str, value: Any, annotation: Any) -> Any:
+def coerce(name: str, value: Any) -> Any:
     """Turn what Fire parsed into the field's type, or say which flag is wrong."""
-    target = _base_type(annotation)
+    target = field_types()[name]
     if value is None:
         return None
     if target is bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import time
@@ -17,7 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from dslm.config import EXIT_STOPPED, ConfigError, DslmError
+from dslm import atomic
+from dslm.errors import ConfigError, first_line
 
 
 def rank() -> int:
@@ -71,11 +71,11 @@ def fill_launcher_env(env: MutableMapping[str, str]) -> None:
 
 
 def init(timeout_minutes: float = 30.0) -> None:
-    """Join the launcher's process group, or make a one-rank group for a plain `dslm train`."""
+    """Join the launcher's process group, or make a one-rank group for a plain `dslm train`
+    (`fill_launcher_env` first completes the variables it reads)."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
-    fill_launcher_env(os.environ)
     backend = "gloo" if get_accelerator().device_name() == "cpu" else None
     timeout = timedelta(minutes=timeout_minutes)
     # DeepSpeed builds its data-parallel groups with new_group() and no timeout, and torch gives
@@ -128,6 +128,12 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_reduce(tensor: torch.Tensor) -> None:
+    """Sum `tensor` over the ranks, in place."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+
+
 def any_true(flag: bool) -> bool:
     """True on every rank when `flag` is true on any rank (a collective: every rank must call it)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
@@ -139,17 +145,6 @@ def any_true(flag: bool) -> bool:
 
 def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-class Stopped(DslmError):
-    exit_code = EXIT_STOPPED
-    same_on_every_rank = True
-
-
-class PeerLost(DslmError):
-    """A collective failed because another rank died or hangs; each surviving rank says so itself."""
-
-    exit_code = 1
 
 
 _GONE = re.compile(r"Connection (reset|closed) by peer|Broken pipe|Socket closed|ECONNRESET|EPIPE|"
@@ -167,7 +162,7 @@ def comm_failure(exc: BaseException, timeout_minutes: float) -> str | None:
     text = str(exc)
     if not (isinstance(exc, getattr(dist, "DistError", ())) or (isinstance(exc, RuntimeError) and _COMM.search(text))):
         return None
-    detail = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    detail = first_line(exc)
     # Without the C++ source location and gloo's advice after the first sentence.
     detail = re.sub(r"^\[[^\]]*\]\s*", "", detail).split(". ")[0][:160]
     if _GONE.search(text):
@@ -238,17 +233,12 @@ def build_once_per_node(target: Path, build: Callable[[Path], None], what: str) 
     if local_rank() == 0:
         if not target.exists():
             failed.unlink(missing_ok=True)
-            tmp = target.with_name(f"{target.name}.tmp-{socket.gethostname()}-{os.getpid()}")
             try:
-                build(tmp)
+                atomic.write_directory(target, build)
             except BaseException as exc:
                 failed.parent.mkdir(parents=True, exist_ok=True)
                 failed.write_text(json.dumps({"type": type(exc).__name__, "message": str(exc)}))
                 raise
-            try:
-                tmp.rename(target)
-            except OSError:  # another node sharing the file system finished first
-                shutil.rmtree(tmp, ignore_errors=True)
     else:
         started = time.time() - 1
         while not target.exists():

@@ -62,3 +62,22 @@ def evaluate(model: Callable[..., Any], dataset: Dataset, collate: Callable, obj
     loss = loss_sum / max(count, 1)
     return {"eval/loss": loss, "eval/perplexity": perplexity(loss), "eval/accuracy": correct / max(count, 1),
             "eval/tokens": int(count)}
+
+
+class Evaluator:
+    """When to evaluate (`should_eval`) and the validation set's figures (empty without one)."""
+
+    def __init__(self, validation: Dataset | None, collate: Callable, objective: str, batch_size: int, seed: int,
+                 eval_steps: int | None, forward: Forward | None = None) -> None:
+        self.validation, self.collate, self.objective = validation, collate, objective
+        self.batch_size, self.seed, self.eval_steps, self.forward = batch_size, seed, eval_steps, forward
+
+    def should_eval(self, step: int, total: int) -> bool:
+        """Every --eval_steps; the last step is evaluated by the end of the run, not here."""
+        return bool(self.eval_steps) and step % self.eval_steps == 0 and step != total
+
+    def __call__(self, engine: Any) -> dict[str, float]:
+        if self.validation is None:
+            return {}
+        return evaluate(engine, self.validation, self.collate, self.objective, self.batch_size, engine.device,
+                        self.seed, self.forward)

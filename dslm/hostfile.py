@@ -13,7 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dslm.config import ConfigError
+from dslm import atomic
+from dslm.errors import ConfigError
 
 LINE = re.compile(r"^(\S+)\s+slots=(\d+)$")
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
@@ -97,9 +98,7 @@ def _write(hosts: list[tuple[str, int]], out: str | None) -> None:
         print(text, end="")
         return
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(f"{out}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(out)
+    atomic.write_file(Path(out), text)
 
 
 def _scontrol(*args: str) -> str:

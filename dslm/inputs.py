@@ -17,8 +17,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from dslm.config import DATA_SUFFIXES, ConfigError
+from dslm.errors import ConfigError, first_line
 
+# File suffix -> the datasets builder that reads it.
+DATA_SUFFIXES = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv",
+                 ".parquet": "parquet"}
 SAMPLE = 1 << 20  # bytes read from each end of a file to check its encoding
 TEXT_BUILDERS = {"text", "json", "csv"}  # parquet stores its strings in its own (binary) format
 MIN_FREE_BYTES = 1 << 20  # room for the run's first small files: less means the file system is full
@@ -137,30 +140,36 @@ def first_row(path: str, builder: str) -> dict | None:
 
 
 def check_text_column(flag: str, path: str, builder: str, text_column: str | None) -> None:
-    """The column the text will be read from exists (`data._pick_text_column` picks it the same way)."""
+    """The column the text will be read from exists (picked by `pick_text_column`, as loading picks it)."""
     try:
         row = first_row(path, builder)
     except Exception as exc:  # datasets and pyarrow raise many types for a malformed file
         if decode_error(exc):
             raise not_utf8(f"--{flag} {path}", path, describe(decode_error(exc))) from None
         raise ConfigError(f"--{flag} {path} cannot be read as {builder} ({type(exc).__name__}: "
-                          f"{_first_line(exc)}): check the file's format") from None
+                          f"{first_line(exc, 200)}): check the file's format") from None
     if row is None:
         raise ConfigError(f"--{flag} {path} holds no rows: give a file with text")
-    columns = list(row)
     strings = [name for name, value in row.items() if isinstance(value, str)]
-    if text_column:
-        if text_column not in columns:
-            raise ConfigError(f"--{flag} {path} has no column {text_column!r} (columns: {', '.join(columns)}): "
+    pick_text_column(list(row), strings, text_column, f"--{flag} {path}")
+
+
+def pick_text_column(columns: list[str], strings: list[str], wanted: str | None, where: str) -> str:
+    """The column that holds the text: `wanted` if given, else "text", else the only string column.
+
+    Every reader of text (the start-up check, the cache build, a stream) picks it here.
+    """
+    if wanted:
+        if wanted not in columns:
+            raise ConfigError(f"{where} has no column {wanted!r} (columns: {', '.join(columns)}): "
                               f"pass --text_column with one of them")
-    elif "text" not in columns and len(strings) != 1:
-        raise ConfigError(f"--{flag} {path} has no 'text' column and {len(strings)} string columns "
-                          f"({', '.join(strings) or 'none'}): pass --text_column NAME")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else "no details"
+        return wanted
+    if "text" in columns:
+        return "text"
+    if len(strings) == 1:
+        return strings[0]
+    raise ConfigError(f"{where} has no 'text' column and {len(strings)} string columns "
+                      f"({', '.join(strings) or 'none'}): pass --text_column NAME")
 
 
 def existing_ancestor(path: Path) -> Path:

@@ -17,39 +17,38 @@ from typing import Any
 import torch
 
 from dslm import dist
-from dslm.config import DslmError
+from dslm.errors import NonFinite
+from dslm.progress import Progress
 
-POLICIES = ("stop", "skip")
 
-
-class NonFinite(DslmError):
-    """The numbers went bad: resuming would replay the same steps, so it is not a retryable failure."""
-
-    exit_code = 3
-    same_on_every_rank = True
+def grad_norm(module: torch.nn.Module) -> torch.Tensor:
+    """The global L2 norm of the gradients the module holds (ZeRO-0: averaged over ranks already)."""
+    return torch.nn.utils.get_total_norm([p.grad for p in module.parameters() if p.grad is not None])
 
 
 class Guard:
     """Per step: was the update applied, and if not, why; `--on_nan` decides what happens next."""
 
-    def __init__(self, engine: Any, policy: str, fp16: bool, min_loss_scale: float,
+    def __init__(self, engine: Any, policy: str, fp16: bool, min_loss_scale: float, progress: Progress,
                  warn: Callable[[str], None], kept: Callable[[], str]) -> None:
         self.engine, self.policy, self.fp16, self.warn, self.kept = engine, policy, fp16, warn, kept
         self.min_loss_scale = min_loss_scale
+        self.progress = progress  # counts the steps discarded for inf/NaN (bf16/fp32)
+        self.zero = engine.zero_optimization_stage() > 0
         # The one setup where DeepSpeed applies whatever the gradients hold.
-        self.checks_itself = engine.zero_optimization_stage() == 0 and not (
-            engine.bfloat16_enabled() or engine.fp16_enabled())
-        self.skipped = 0  # steps discarded for inf/NaN (bf16/fp32)
+        self.checks_itself = not self.zero and not (engine.bfloat16_enabled() or engine.fp16_enabled())
         self.overflows = 0  # fp16 loss-scale overflows
         self.dropped = False
 
-    def step(self, module: torch.nn.Module, boundary: bool) -> torch.Tensor | None:
+    def step(self, module: torch.nn.Module, boundary: bool, want_norm: bool = False) -> torch.Tensor | None:
         """`engine.step()`; at a boundary under ZeRO-0 fp32, first the gradient norm, and no update when
-        it is not finite. Returns that norm (None where DeepSpeed checks itself)."""
+        it is not finite. Returns the gradient norm where dslm computed it: at a boundary under ZeRO-0
+        when checking or asked (`want_norm`: DeepSpeed reports a norm only under ZeRO), else None."""
         norm = None
+        if boundary and (self.checks_itself or (want_norm and not self.zero)):
+            # Without ZeRO the averaged gradients are in the module until step().
+            norm = grad_norm(module)
         if boundary and self.checks_itself:
-            grads = [p.grad for p in module.parameters() if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads)
             self.dropped = not torch.isfinite(norm).item()
         if not (boundary and self.dropped):
             self.engine.step()
@@ -88,8 +87,8 @@ class Guard:
             raise NonFinite(f"stopped at step {step}: {reason}; the update was not applied and no checkpoint is "
                             f"written ({self.kept()}). Lower --learning_rate, check the data near this step, or pass "
                             f"--on_nan skip to skip such steps")
-        self.skipped += 1
-        self.warn(f"step {step}: {reason}; update skipped ({self.skipped} so far, --on_nan skip)")
+        self.progress.skipped_steps += 1
+        self.warn(f"step {step}: {reason}; update skipped ({self.progress.skipped_steps} so far, --on_nan skip)")
         return False
 
     def _reason(self, loss: torch.Tensor) -> str:
@@ -102,7 +101,7 @@ class Guard:
         return f"non-finite loss on {where}"
 
     def figures(self) -> dict[str, float]:
-        out: dict[str, float] = {"train/skipped_steps": self.skipped}
+        out: dict[str, float] = {"train/skipped_steps": self.progress.skipped_steps}
         if self.fp16:
             out["train/overflow_steps"] = self.overflows
             out["train/loss_scale"] = float(getattr(self.engine.optimizer, "loss_scale", math.nan))

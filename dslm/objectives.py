@@ -15,7 +15,8 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
-from dslm.config import ConfigError, ObjectiveConfig
+from dslm.config import ObjectiveConfig
+from dslm.errors import ConfigError
 
 TESTED = {"mlm": ("bert", "roberta", "distilbert"), "clm": ("gpt2",), "plm": ("xlnet",)}
 

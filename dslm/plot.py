@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dslm.config import ConfigError
+from dslm.errors import ConfigError
 
 PANELS = [("train/loss", "train loss"), ("eval/loss", "eval loss"), ("eval/perplexity", "eval perplexity"),
           ("perf/tokens_per_second", "tokens/s")]

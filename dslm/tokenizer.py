@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from dslm.config import ConfigError
+from dslm import atomic, dist
+from dslm.errors import ConfigError, first_line
 
 # Each family's own tokenizer class knows its algorithm (WordPiece, byte-level BPE, Unigram) and
 # special tokens; `train_new_from_iterator` retrains it on our corpus with the same pipeline.
@@ -26,9 +28,45 @@ def load(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokeni
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot load a tokenizer from {name_or_path} ({first}): pass --tokenizer_name DIR "
+        raise ConfigError(f"cannot load a tokenizer from {name_or_path} ({first_line(exc)}): pass --tokenizer_name DIR "
                           f"with a tokenizer, or train one by building the model from scratch") from None
+
+
+def cache_root(cache_dir: str | None) -> Path:
+    """Trained tokenizers outlive one run's output dir: the same corpus keeps the same tokenizer."""
+    if cache_dir:
+        return Path(cache_dir)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dslm" / "tokenizers"
+
+
+def train_once(directory: Path, family: str, vocab_size: int, texts: Callable[[], list[str]],
+               overwrite: bool) -> PreTrainedTokenizerBase:
+    """The tokenizer trained on `texts()` and kept in `directory`, the same on every rank.
+
+    WordPiece training breaks ties between merges in hash order, so two trainings on one corpus
+    can differ: one rank trains and every node receives its files, and the result is kept per
+    corpus so that later runs reuse it.
+    """
+    if overwrite and dist.local_rank() == 0 and directory.exists():
+        atomic.remove(directory)
+    dist.barrier()
+    files: dict[str, bytes] | tuple[str, str] | None = None
+    if dist.rank() == 0:
+        try:
+            if not directory.exists():
+                corpus = texts()
+                trained = train(family, (corpus[i:i + 1000] for i in range(0, len(corpus), 1000)), vocab_size)
+                atomic.write_directory(directory, lambda tmp: trained.save_pretrained(str(tmp)))
+            files = {p.name: p.read_bytes() for p in directory.iterdir()}
+        except ConfigError as exc:  # bad input: every rank stops with the same one line
+            files = ("error", str(exc))
+    files = dist.broadcast(files)
+    if isinstance(files, tuple):
+        raise ConfigError(files[1])
+    if dist.local_rank() == 0 and not directory.exists():
+        atomic.write_directory(directory, lambda tmp: [(tmp / n).write_bytes(b) for n, b in files.items()])
+    dist.barrier()
+    return load(str(directory))
 
 
 def train(family: str, texts: Iterator[list[str]], vocab_size: int) -> PreTrainedTokenizerBase:

@@ -1,51 +1,62 @@
-"""The training run: checks, data, engine, then one flat loop of step / log / eval / save."""
+"""The training run: checks, then the parts (data, model, engine, checkpoints, evaluation, reports),
+then one flat loop of step / log / eval / save, then the final eval and export."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import math
 import os
-import shutil
-import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from dslm import checkpoint, data, dist, ds_config, evaluation, metrics, model, nonfinite, objectives, redact
-from dslm.config import ConfigError, RunConfig
+from dslm import checkpoint, dist, ds_config, engine, metrics, model, nonfinite, objectives, outdir, redact, trackers
+from dslm import schedule as schedules
+from dslm import tokenizer as tok
+from dslm.checkpoint import Checkpointer, Checkpoints
+from dslm.config import RunConfig
+from dslm.data import cache, sampler, sources
+from dslm.errors import ConfigError, PeerLost, Stopped
+from dslm.evaluation import Evaluator
+from dslm.export import export
+from dslm.progress import Progress
+from dslm.report import Reporter
+from dslm.schedule import Schedule
 
-RUN_OUTPUTS = ("checkpoints", "final", "metrics.jsonl", "results.json", "ds_config.json", "run_config.json")
+
+@dataclass
+class Start:
+    """What the checks before any work settled: the model, the DeepSpeed config, the device."""
+
+    spec: model.ModelSpec
+    ds: dict[str, Any]  # resolved; an epoch-based run's scheduler step counts wait for the data
+    ds_source: str
+    on_cpu: bool
 
 
-def check_output_dir(config: RunConfig) -> None:
-    """Refuse to start over a previous run unless told; resuming it is the default."""
-    t = config.train
-    out = Path(t.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output_dir {out} is a file: choose a directory")
-    from dslm import inputs
+@dataclass
+class Parts:
+    """The built pieces a run trains with (no behaviour of its own: each piece owns its state)."""
 
-    inputs.check_writable("output_dir", out)  # a read-only or full file system fails now, not at the first save
-    if config.data.cache_dir:
-        inputs.check_writable("cache_dir", Path(config.data.cache_dir))
-    resume = t.resume_from_checkpoint
-    if resume not in ("auto", "none"):
-        if not (Path(resume) / checkpoint.STATE).exists():
-            raise ConfigError(f"--resume_from_checkpoint {resume}: not a dslm checkpoint; give a directory under "
-                              f"OUTPUT_DIR/checkpoints, or auto, or none")
-        return
-    previous = [name for name in RUN_OUTPUTS if (out / name).exists()]
-    has_checkpoints = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
-    if t.overwrite_output_dir or not previous or (resume == "auto" and has_checkpoints):
-        return
-    hint = "--resume_from_checkpoint auto to continue it, " if has_checkpoints else ""
-    raise ConfigError(f"--output_dir {out} already holds a run ({', '.join(previous)}): pass {hint}"
-                      f"--overwrite_output_dir to start over, or choose another --output_dir")
+    engine: Any
+    module: torch.nn.Module
+    prepared: cache.Prepared
+    forward: objectives.Forward
+    loader: DataLoader
+    position: Any  # what the loader resumes by: the ResumableSampler, or the stream
+    schedule: Schedule
+    progress: Progress
+    found: checkpoint.Found | None
+    checkpoints: Checkpoints
+    checkpointer: Checkpointer
+    evaluator: Evaluator
+    facts: dict[str, Any]  # world size, nodes, ZeRO stage, model, data: for the state, W&B and results
 
 
 def run_fingerprint(config: RunConfig, objective: str, family: str, data_fingerprint: str) -> str:
@@ -56,453 +67,304 @@ def run_fingerprint(config: RunConfig, objective: str, family: str, data_fingerp
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
-def trim_metrics(out: Path, step: int) -> None:
-    """A resumed run logs from `step` on: drop what the interrupted run logged after its checkpoint."""
-    path = out / "metrics.jsonl"
-    if path.exists():
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= step:
-                    kept.append(line)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                pass  # a line torn by the kill
-        checkpoint.write_atomically(path, "".join(f"{row}\n" for row in kept))
-
-
-def clear_previous_run(out: Path, checkpoints: bool) -> None:
-    """Only once the new run is ready to train: a failed start must not lose the old outputs.
-
-    Checkpoints go only with --overwrite_output_dir; otherwise other runs' checkpoints stay
-    (rotation never touches them either).
-    """
-    for name in RUN_OUTPUTS:
-        path = out / name
-        if name == "checkpoints" and not checkpoints:
-            continue
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-
-
-def schedule(n_train: int, config: RunConfig, world: int) -> tuple[int, int, int]:
-    """(micro batches per epoch per rank, optimizer steps, warmup steps)."""
+def check(config: RunConfig, reporter: Reporter) -> Start:
+    """Everything that can be checked cheaply, before the process group or any output exists (the
+    launcher's variables completed first: `dist.fill_launcher_env`)."""
     t = config.train
-    micro_per_epoch = n_train // (t.per_device_train_batch_size * world)
-    steps_per_epoch = micro_per_epoch // t.gradient_accumulation_steps
-    if steps_per_epoch == 0 and t.max_steps <= 0:
-        raise ConfigError(f"the training set has {n_train} examples, fewer than one global batch "
-                          f"({t.per_device_train_batch_size} x {world} ranks x {t.gradient_accumulation_steps} "
-                          f"accumulation): give more data or a smaller batch")
-    if micro_per_epoch == 0:
-        raise ConfigError(f"the training set has {n_train} examples, fewer than one micro batch per rank "
-                          f"({t.per_device_train_batch_size} x {world} ranks): give more data or a smaller batch")
-    total = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * steps_per_epoch)
-    warmup = t.warmup_steps or math.ceil(t.warmup_ratio * total)
-    return micro_per_epoch, total, warmup
-
-
-def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Like the HF Trainer: no weight decay on biases and normalization weights."""
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_engine(module: torch.nn.Module, ds: dict[str, Any], config: RunConfig, total_steps: int,
-                 warmup: int) -> Any:
-    """The DeepSpeed engine; the JSON's optimizer and scheduler if it has them, else ours."""
-    import deepspeed
-    import transformers
-
-    t = config.train
-    optimizer = None
-    if "optimizer" not in ds:
-        optimizer = torch.optim.AdamW(param_groups(module, t.weight_decay), lr=t.learning_rate,
-                                      betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon)
-
-    def scheduler(opt: torch.optim.Optimizer) -> Any:  # DeepSpeed calls this with the optimizer it built
-        return transformers.get_scheduler(t.lr_scheduler_type, opt, num_warmup_steps=warmup,
-                                          num_training_steps=total_steps)
-
-    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
-                                           model_parameters=param_groups(module, t.weight_decay),
-                                           lr_scheduler=None if "scheduler" in ds else scheduler, config=ds)
-    return engine
-
-
-def is_logging_step(step: int, every: int, total: int, first: bool) -> bool:
-    return step % every == 0 or step == total or (first and step == 1)
-
-
-def micro_batches(loader: DataLoader, position: data.ResumableSampler | data.StreamBlocks, epoch: int, skip: int):
-    """Endless (epoch, batch) stream from `skip` samples into `epoch`; a stream restarts its pass."""
-    while True:
-        position.set_epoch(epoch, skip)
-        for batch in loader:
-            yield epoch, batch
-        epoch, skip = epoch + 1, 0
-
-
-def run(config: RunConfig) -> dict[str, Any]:
-    t = config.train
-    out = Path(t.output_dir)
-    dist.fill_launcher_env(os.environ)  # the world size is known before the checks that use it
-    # Everything that can be checked cheaply is checked before the process group or any output exists.
-    family, objective, model_config = model.resolve(config)
+    spec = model.resolve(config)
+    for warning in spec.warnings:
+        reporter.say(warning, file=sys.stderr)
     ds_source = str(ds_config.locate(t.deepspeed))
     ds_raw = ds_config.load(t.deepspeed)
-    check_output_dir(config)
-
-    import transformers
+    outdir.check(config)
     from deepspeed.accelerator import get_accelerator
 
     on_cpu = get_accelerator().device_name() == "cpu"
     if on_cpu and t.fp16:
         raise ConfigError("--fp16 needs a GPU and this machine has none: use --bf16")
-    # Conflicts between the JSON and the flags, found now rather than after the data is prepared.
-    ds_config.resolve(ds_raw, config, world_size=int(os.environ.get("WORLD_SIZE", 1)),
-                      total_steps=max(t.max_steps, 1), warmup_steps=t.warmup_steps,
-                      hidden_size=getattr(model_config, "hidden_size", None) or 1,
-                      on_cpu=on_cpu, source=ds_source)
-    dist.init(t.dist_timeout)
+    early = schedules.known_early(config)  # None for an epoch-based run: its length waits for the data
+    ds = ds_config.resolve(ds_raw, config, world_size=dist.world_size(),
+                           hidden_size=getattr(spec.config, "hidden_size", None), on_cpu=on_cpu, source=ds_source,
+                           total_steps=early.total_steps if early else None,
+                           warmup_steps=early.warmup_steps if early else None)
+    return Start(spec, ds, ds_source, on_cpu)
+
+
+def build(config: RunConfig, start: Start, reporter: Reporter) -> Parts:
+    """Data, model, engine, resumed state, and the components the loop asks; the process group is up."""
+    t, spec = config.train, start.spec
     world, rank = dist.world_size(), dist.rank()
-    tracker_enabled = dist.is_main()
-    transformers.logging.set_verbosity_error()  # advisory warnings; dslm reports what matters
-    transformers.utils.logging.disable_progress_bar()
-    if not tracker_enabled:
-        import datasets
-
-        datasets.disable_progress_bars()
-    say = print if tracker_enabled else (lambda *a, **k: None)
-    if config.uses_builtin_corpus:
-        say("data: the built-in corpus (Python's pydoc topics); give --train_file or --dataset_name for your own")
+    out = Path(t.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    fingerprint = run_fingerprint(config, spec.objective, spec.family, sources.content_fingerprint(config.data))
+    checkpoints = Checkpoints(out, fingerprint, warn=reporter.warn)
+    found = checkpoints.find(t.resume_from_checkpoint, t.overwrite_output_dir)
+    outdir.refuse_foreign(checkpoints, found, t.overwrite_output_dir)
+    # The model learned the ids of the tokenizer saved with it: a retrained one could differ.
+    tokenizer = spec.tokenizer or (tok.load(str(found.path)) if found else None)
 
-    fingerprint = run_fingerprint(config, objective, family, data.content_fingerprint(config.data))
-    ckpt = checkpoint.Checkpointer(out, fingerprint, t.save_total_limit, t.save_milestone_steps,
-                                   warn=lambda msg: say(f"warning: {msg}"))
-    found = find_resume(config, ckpt)
-    if not found and not t.overwrite_output_dir and ckpt.foreign():
-        raise ConfigError(f"{ckpt.root} holds checkpoints of another run ({ckpt.foreign()[0].name}: different model, "
-                          f"data or seed): use another --output_dir, or --overwrite_output_dir to replace them")
-    if found and not (config.model.tokenizer_name or config.model.model_name_or_path):
-        # The model learned the ids of the tokenizer saved with it: a retrained one could differ.
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, tokenizer_name=str(found.path)))
+    import transformers
 
     transformers.set_seed(t.seed)
-    prepared = data.prepare(config, family, objective)
+    prepared = cache.prepare(config, spec.family, spec.objective, tokenizer)
     if prepared.validation is None:
-        say("no validation data: evaluation is skipped")
-    module = model.build(config, model_config, objective, prepared.tokenizer)
+        reporter.say("no validation data: evaluation is skipped")
+    module = model.build(config, spec, prepared.tokenizer)
     streaming = config.data.streaming
-    if streaming:  # a stream has no length: --max_steps (required) sets the schedule
-        micro_per_epoch, total_steps = None, t.max_steps
-        warmup = t.warmup_steps or math.ceil(t.warmup_ratio * total_steps)
-    else:
-        micro_per_epoch, total_steps, warmup = schedule(len(prepared.train), config, world)
-    hidden = getattr(module.config, "hidden_size", None)
-    ds = ds_config.resolve(ds_raw, config, world_size=world, total_steps=total_steps, warmup_steps=warmup,
-                           hidden_size=hidden, on_cpu=on_cpu, source=ds_source)
-    stage = ds_config.zero_stage(ds)
-    load_dir = None
+    plan = schedules.plan(None if streaming else len(prepared.train), config, world)
+    ds = start.ds
+    ds_config.set_schedule(ds, config, total_steps=plan.total_steps, warmup_steps=plan.warmup_steps,
+                           source=start.ds_source)
+    resume_from = checkpoint.load_dir(found, ds, world, reporter.say) if found else None
+    forward = objectives.Forward(module, spec.objective)
+    eng = engine.build(module, ds, config, plan)
+    torch.manual_seed(t.seed + rank)  # same initial weights on every rank, different masks and dropout per rank
+    progress = Progress()
     if found:
-        load_dir = found.path.parent
-        old_stage = found.state["zero_stage"]
-        if old_stage != stage:
-            raise ConfigError(f"{found.path} was saved with ZeRO-{old_stage} and this run uses ZeRO-{stage}: resume "
-                              f"with a ZeRO-{old_stage} config, or start over (--resume_from_checkpoint none)")
-        if found.state["world_size"] != world and stage > 0:
-            # ZeRO shards are cut for the old world size: DeepSpeed's universal format re-cuts them.
-            say(f"resuming a {found.state['world_size']}-rank checkpoint on {world} ranks: converting "
-                f"{found.path.name} to a universal checkpoint")
-            if dist.is_main():
-                checkpoint.to_universal(found.path)
-            dist.barrier()
-            load_dir = found.path / "universal"
-            ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
-    if t.gradient_checkpointing:
-        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    forward = objectives.Forward(module, objective)
-    engine = build_engine(module, ds, config, total_steps, warmup)
-    if t.torch_compile:
-        engine.compile()
-    # Same initial weights on every rank, different masks and dropout per rank from here on.
-    torch.manual_seed(t.seed + rank)
+        progress = checkpoint.resume(eng, found, resume_from, world)
+        reporter.say(f"resumed from {found.path} at step {progress.step} ({progress.samples} samples seen)")
+        reporter.resumed(progress.step)
 
-    step = epoch = samples = samples_in_epoch = tokens_seen = 0
-    if found:
-        with checkpoint._quiet():
-            loaded, _ = engine.load_checkpoint(str(load_dir), tag=found.path.name)
-        if loaded is None:
-            raise checkpoint.CheckpointError(f"DeepSpeed could not load {found.path}: check that it is complete")
-        state = found.state
-        step, epoch, samples, tokens_seen = state["step"], state["epoch"], state["samples"], state["tokens_seen"]
-        samples_in_epoch = state["samples_in_epoch"]
-        if state["world_size"] == world:  # the same ranks continue their own random streams exactly
-            checkpoint.set_rng_state(torch.load(found.path / f"rng_state_{rank:05d}.pt", weights_only=True))
-        say(f"resumed from {found.path} at step {step} ({samples} samples seen)")
-        if dist.is_main():
-            trim_metrics(out, step)
-
-    collate = objectives.Collator(objective, prepared.tokenizer, config.objective)
+    collate = objectives.Collator(spec.objective, prepared.tokenizer, config.objective)
     micro = t.per_device_train_batch_size
-    sampler = None if streaming else data.ResumableSampler(len(prepared.train), world, rank, t.seed, micro)
+    position = prepared.train if streaming else sampler.ResumableSampler(len(prepared.train), world, rank, t.seed,
+                                                                         micro)
     # The loader's own generator: making an iterator must not draw from the global RNG, or a run
     # resumed mid-epoch would diverge from one that never stopped.
     loader_rng = torch.Generator()
     loader_rng.manual_seed(t.seed + rank)
-    loader = DataLoader(prepared.train, batch_size=micro, sampler=sampler, collate_fn=collate, drop_last=True,
-                        num_workers=t.dataloader_num_workers, pin_memory=not on_cpu, generator=loader_rng,
+    loader = DataLoader(prepared.train, batch_size=micro, sampler=None if streaming else position,
+                        collate_fn=collate, drop_last=True, num_workers=t.dataloader_num_workers,
+                        pin_memory=not start.on_cpu, generator=loader_rng,
                         # a stream's workers must see each pass's skip: no persistent workers
                         persistent_workers=t.dataloader_num_workers > 0 and not streaming)
 
-    def run_eval() -> dict[str, float]:
-        if prepared.validation is None:
-            return {}
-        return evaluation.evaluate(engine, prepared.validation, collate, objective, t.per_device_eval_batch_size,
-                                   engine.device, t.seed, forward)
-
-    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters())
-    tokens_per_step = micro * t.gradient_accumulation_steps * world * config.data.max_seq_length
-    if dist.is_main():
-        if not found:
-            clear_previous_run(out, checkpoints=t.overwrite_output_dir)
-        (out / "ds_config.json").write_text(json.dumps(ds, indent=2))
-        (out / "run_config.json").write_text(json.dumps(redact.redact(
-            {**config.to_dict(), "objective_resolved": objective, "model_type": family}), indent=2))
-    n_train = "streamed" if streaming else len(prepared.train)
-    say(f"{objective} | {family} {n_params / 1e6:.2f}M params | ZeRO-{stage} | {world} ranks | {n_train} train / "
-        f"{len(prepared.validation or [])} eval examples of {config.data.max_seq_length} tokens | {total_steps} steps "
-        f"of {tokens_per_step} tokens | output {out}")
-    say(ckpt.estimate_line(n_params, t.bf16 or t.fp16, t.save_total_limit))
-    if step >= total_steps:
-        say(f"already trained to step {step} of {total_steps}: nothing to do (raise --max_steps to go further)")
-        if dist.is_main() and not (out / "final").exists():  # killed between the last commit and the export
-            checkpoint.export(found.path, out / "final", check=False)
-            say(f"exported {found.path} to {out / 'final'}")
-        dist.barrier()
-        return json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
-
-    precision = "bf16" if t.bf16 else "fp16" if t.fp16 else "fp32"
-    peak = metrics.peak_flops(precision)
-    n_layers = getattr(module.config, "num_hidden_layers", None)
-    per_token = metrics.flops_per_token(n_params, n_layers or 0, hidden or 0, config.data.max_seq_length, objective)
-
-    def save(at: int) -> Path:
-        if not nonfinite.weights_finite(module):
-            raise nonfinite.NonFinite(f"the weights hold inf/NaN at step {at}: checkpoint {checkpoint.tag(at)} is not "
-                                      f"written ({kept_checkpoint(ckpt)}); check --learning_rate, --adam_epsilon and "
-                                      f"the data")
-        unlogged = window[2].clone()  # tokens since the last log, not yet in tokens_seen
-        torch.distributed.all_reduce(unlogged)
-        state = {"step": at, "epoch": epoch, "samples": samples, "samples_in_epoch": samples_in_epoch,
-                 "tokens_seen": tokens_seen + int(unlogged.item()), "world_size": world, "zero_stage": stage,
-                 "skipped_steps": guard.skipped,
-                 "objective": objective,
-                 "model_type": family, "data_fingerprint": prepared.fingerprint,
-                 "config": redact.redact(config.to_dict())}
-        started = time.perf_counter()
-        path = ckpt.save(engine, at, state, module.config, prepared.tokenizer)
-        tracker.log(at, {"checkpoint/save_seconds": time.perf_counter() - started,
-                         "checkpoint/size_mb": (ckpt.last_size or 0) / 2**20})
-        return path
-
+    stage = ds_config.zero_stage(ds)
     # Each node has one local rank 0 (hostnames can repeat: containers, namespaces, several slurmd).
     nodes = sum(dist.all_gather_object(dist.local_rank() == 0))
-    wandb_run = None
-    if tracker_enabled and config.logging.report_to != "none" and metrics.wandb_mode() != "disabled":
-        run_facts = {"world_size": world, "nodes": nodes, "ranks_per_node": world // nodes,
-                     "parameters": n_params, "tokens_per_step": tokens_per_step, "total_steps": total_steps,
-                     "train_examples": None if streaming else len(prepared.train),
-                     "eval_examples": len(prepared.validation or []), "data_fingerprint": prepared.fingerprint,
-                     "objective": objective, "model_type": family, "zero_stage": stage}
-        wandb_config = redact.redact({**config.to_dict(), "deepspeed": ds, "run": run_facts,
-                                      "versions": library_versions(), "git_commit": git_commit()})
-        wandb_run = metrics.WandbRun(out, resume_step=step if found else None, job_type=objective,
-                                     config=wandb_config,
-                                     name=f"{objective}-{family}-{n_params / 1e6:.1f}M-zero{stage}",
-                                     logging=config.logging, say=say)
+    facts = {"world_size": world, "nodes": nodes, "zero_stage": stage, "objective": spec.objective,
+             "model_type": spec.family, "data_fingerprint": prepared.fingerprint,
+             "parameters": sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters()),
+             "tokens_per_step": micro * t.gradient_accumulation_steps * world * config.data.max_seq_length}
+    state_facts = {k: facts[k] for k in ("world_size", "zero_stage", "objective", "model_type", "data_fingerprint")}
+    checkpointer = Checkpointer(checkpoints, {**state_facts, "config": redact.redact(config.to_dict())},
+                                save_steps=t.save_steps, limit=t.save_total_limit, milestone=t.save_milestone_steps)
+    evaluator = Evaluator(prepared.validation, collate, spec.objective, t.per_device_eval_batch_size, t.seed,
+                          t.eval_steps, forward)
+    return Parts(eng, module, prepared, forward, loader, position, plan, progress, found, checkpoints, checkpointer,
+                 evaluator, facts)
+
+
+def save(parts: Parts, reporter: Reporter, unlogged_tokens: int) -> Path:
+    """A checkpoint of where training is now (with the tokens since the last log), its cost logged."""
+    progress = dataclasses.replace(parts.progress, tokens_seen=parts.progress.tokens_seen + unlogged_tokens)
+    path = parts.checkpointer.save(parts.engine, parts.module, parts.prepared.tokenizer, progress)
+    reporter.log(progress.step, parts.checkpointer.figures())
+    return path
+
+
+def loop(config: RunConfig, parts: Parts, reporter: Reporter, guard: nonfinite.Guard) -> float:
+    """Train to the schedule's last step; the seconds it took."""
+    t, eng, progress, total = config.train, parts.engine, parts.progress, parts.schedule.total_steps
+    gas, samples_per_micro = t.gradient_accumulation_steps, t.per_device_train_batch_size * dist.world_size()
+    window = metrics.Window(eng.device)
+    logger = StepFigures(config, parts, guard)
+    step_loss = torch.zeros((), device=eng.device)
     stop = dist.StopFlag()
     stop.install()
-    tracker = metrics.Tracker(out, total_steps, enabled=tracker_enabled, start_step=step, wandb_run=wandb_run)
-    guard = nonfinite.Guard(engine, t.on_nan, fp16=bool(ds.get("fp16", {}).get("enabled")),
-                            min_loss_scale=float(ds.get("fp16", {}).get("min_loss_scale", 1)),
-                            warn=lambda msg: tracker.print(f"warning: {msg}"), kept=lambda: kept_checkpoint(ckpt))
-    guard.skipped = found.state.get("skipped_steps", 0) if found else 0
+    batches = sampler.micro_batches(parts.loader, parts.position, progress.epoch, progress.samples_in_epoch)
+    started = time.perf_counter()
+    eng.train()
+    while progress.step < total:
+        logging_now = reporter.should_log(progress.step + 1, total)
+        step_loss.zero_()
+        for micro_step in range(gas):
+            epoch, batch = next(batches)
+            if epoch != progress.epoch:
+                progress.epoch, progress.samples_in_epoch = epoch, 0
+            window.add_tokens(int(batch["attention_mask"].sum()))  # counted on the CPU copy: no device sync
+            loss, _, _ = parts.forward(eng, batch, eng.device)
+            eng.backward(loss)
+            norm = guard.step(parts.module, micro_step == gas - 1, logging_now)
+            logger.norm = logger.norm if norm is None else norm
+            step_loss += loss.detach().float()
+            progress.samples += samples_per_micro
+            progress.samples_in_epoch += samples_per_micro
+        progress.step += 1
+        if guard.after_step(progress.step, step_loss):  # a skipped step's loss stays out of the logged mean
+            window.add_step(step_loss, gas)
+        reporter.advance()
 
-    try:
-        before: dict[str, float] = {}
-        if step == 0:
-            before = run_eval()
-            if before:
-                tracker.log(0, before)
-                tracker.print(f"eval before training: loss {before['eval/loss']:.4f} "
-                              f"perplexity {before['eval/perplexity']:.2f} accuracy {before['eval/accuracy']:.4f}")
+        if logging_now:
+            reporter.log(progress.step, logger.figures(window))
+        if parts.evaluator.should_eval(progress.step, total):
+            reporter.evaluated(progress.step, parts.evaluator(eng))
+        saved = parts.checkpointer.should_save(progress.step, total)
+        if saved:
+            save(parts, reporter, window.unlogged_tokens())
+        if progress.step != total and stop.agreed():
+            path = (parts.checkpoints.root / checkpoint.tag(progress.step) if saved
+                    else save(parts, reporter, window.unlogged_tokens()))
+            raise Stopped(f"stopped by {stop.requested or 'a signal on another rank'} at step {progress.step}; "
+                          f"checkpoint {path} is committed: run the same command to resume")
+    return time.perf_counter() - started
 
-        gas = t.gradient_accumulation_steps
-        own_norm = None
-        # [summed loss, micro batches, tokens] since the last log: summed on the device, read only when logging
-        window = torch.zeros(3, device=engine.device)
-        step_loss = torch.zeros((), device=engine.device)
-        last_log = start = time.perf_counter()
-        start_step = last_logged_step = step
-        engine.train()
-        stream = micro_batches(loader, sampler or prepared.train, epoch, samples_in_epoch)
-        train_loss = None
-        while step < total_steps:
-            logging_now = is_logging_step(step + 1, t.logging_steps, total_steps, t.logging_first_step)
-            step_loss.zero_()
-            for micro_step in range(gas):
-                batch_epoch, batch = next(stream)
-                if batch_epoch != epoch:
-                    epoch, samples_in_epoch = batch_epoch, 0
-                # Counted on the CPU copy: no device sync in the hot loop.
-                n_tokens = int(batch["attention_mask"].sum())
-                loss, _, _ = forward(engine, batch, engine.device)
-                engine.backward(loss)
-                boundary = micro_step == gas - 1
-                if boundary and logging_now and stage == 0 and not guard.checks_itself:
-                    # Without ZeRO DeepSpeed reports no gradient norm; the averaged grads are here until step().
-                    own_norm = torch.nn.utils.get_total_norm([p.grad for p in module.parameters()
-                                                              if p.grad is not None])
-                checked_norm = guard.step(module, boundary)  # engine.step(), guarded
-                own_norm = own_norm if checked_norm is None else checked_norm
-                step_loss += loss.detach().float()
-                window[2] += n_tokens
-                samples += micro * world
-                samples_in_epoch += micro * world
-            step += 1
-            if guard.after_step(step, step_loss):  # a skipped step's loss stays out of the logged mean
-                window[0] += step_loss
-                window[1] += gas
-            tracker.advance()
 
-            if logging_now:
-                torch.distributed.all_reduce(window)
-                now = time.perf_counter()
-                # None when every step since the last log was skipped for inf/NaN
-                train_loss = (window[0] / window[1]).item() if window[1].item() else None
-                tokens_seen += int(window[2].item())  # real tokens on all ranks, padding excluded
-                steps_since_log, last_logged_step = step - last_logged_step, step
-                grad_norm = engine.get_global_grad_norm() if stage else own_norm
-                figures = {
-                    "train/loss": train_loss,
-                    "train/learning_rate": engine.get_lr()[0],
-                    "train/grad_norm": float(grad_norm) if grad_norm is not None else None,
-                    "train/epoch": epoch if streaming else samples / (micro_per_epoch * micro * world),
-                    "train/tokens_seen": tokens_seen,
-                    "perf/tokens_per_second": window[2].item() / (now - last_log),
-                    "perf/samples_per_second": steps_since_log * gas * micro * world / (now - last_log),
-                    "perf/step_time": (now - last_log) / steps_since_log,
-                    "perf/elapsed_s": metrics.elapsed(),
-                    **guard.figures(),
-                    **metrics.memory_figures(),
-                }
-                if peak and n_layers:  # model FLOPs utilisation, GPUs only
-                    figures["perf/mfu"] = figures["perf/tokens_per_second"] * per_token / (peak * world)
-                window.zero_()
-                last_log = now
-                tracker.log(step, figures)
-            if t.eval_steps and step % t.eval_steps == 0 and step != total_steps:
-                figures = run_eval()
-                if figures:
-                    tracker.log(step, figures)
-                    tracker.print(f"step {step}: eval loss {figures['eval/loss']:.4f} "
-                                  f"perplexity {figures['eval/perplexity']:.2f}")
-            saved = t.save_steps and step % t.save_steps == 0 and step != total_steps
-            if saved:
-                save(step)
-            if step != total_steps and stop.agreed():
-                path = ckpt.root / checkpoint.tag(step) if saved else save(step)
-                tracker.close()
-                raise dist.Stopped(f"stopped by {stop.requested or 'a signal on another rank'} at step {step}; "
-                                   f"checkpoint {path} is committed: run the same command to resume")
-        train_time = time.perf_counter() - start
-        tracker.close()
+class StepFigures:
+    """The train figures of a logging step: loss and tokens of the window, learning rate, gradient
+    norm, throughput, MFU (GPUs), memory."""
 
-        after = run_eval()
-        if after:
-            tracker.log(step, after)
-        final = save(step)
-        if dist.is_main():
-            checkpoint.export(final, out / "final", check=False, overwrite=True)
-        dist.barrier()
+    def __init__(self, config: RunConfig, parts: Parts, guard: nonfinite.Guard) -> None:
+        self.parts, self.guard = parts, guard
+        t = config.train
+        samples_per_micro = t.per_device_train_batch_size * dist.world_size()
+        self.samples_per_step = samples_per_micro * t.gradient_accumulation_steps
+        self.samples_per_epoch = (parts.schedule.micro_per_epoch or 0) * samples_per_micro  # 0: a stream
+        self.last_step = parts.progress.step
+        self.norm: torch.Tensor | None = None  # dslm's own gradient norm (ZeRO-0), when it computed one
+        precision = "bf16" if t.bf16 else "fp16" if t.fp16 else "fp32"
+        self.peak = metrics.peak_flops(precision)
+        mc = parts.module.config
+        self.n_layers, hidden = getattr(mc, "num_hidden_layers", None), getattr(mc, "hidden_size", None)
+        self.per_token = metrics.flops_per_token(parts.facts["parameters"], self.n_layers or 0, hidden or 0,
+                                                 config.data.max_seq_length, parts.facts["objective"])
 
-        trained_tokens = tokens_seen
-        results = {
-            "objective": objective, "model_type": family, "world_size": world, "nodes": nodes, "zero_stage": stage,
-            "data_fingerprint": prepared.fingerprint, "resumed_from_step": start_step or None,
-            "train": {"steps": step, "samples": samples, "tokens": trained_tokens, "loss": train_loss,
-                      "skipped_steps": guard.skipped,
-                      "runtime_s": train_time,
-                      "tokens_per_second": trained_tokens / train_time if train_time else None},
-            "eval_before": before, "eval": after,
+    def figures(self, window: metrics.Window) -> dict[str, Any]:
+        progress, eng = self.parts.progress, self.parts.engine
+        loss, tokens, seconds = window.take()
+        progress.tokens_seen += tokens  # real tokens on all ranks, padding excluded
+        steps, self.last_step = progress.step - self.last_step, progress.step
+        norm = eng.get_global_grad_norm() if self.guard.zero else self.norm
+        figures = {
+            "train/loss": loss,
+            "train/learning_rate": eng.get_lr()[0],
+            "train/grad_norm": float(norm) if norm is not None else None,
+            "train/epoch": progress.samples / self.samples_per_epoch if self.samples_per_epoch else progress.epoch,
+            "train/tokens_seen": progress.tokens_seen,
+            "perf/tokens_per_second": tokens / seconds,
+            "perf/samples_per_second": steps * self.samples_per_step / seconds,
+            "perf/step_time": seconds / steps,
+            "perf/elapsed_s": metrics.elapsed(),
+            **self.guard.figures(),
+            **metrics.memory_figures(),
         }
-        if dist.is_main():
-            (out / "results.json").write_text(json.dumps(results, indent=2))
-            skipped = f", {guard.skipped} skipped for inf/NaN" if guard.skipped else ""
-            summary = f"done: {step} steps{skipped} in {train_time:.0f}s ({tokens_seen / train_time:.0f} tokens/s)"
-            if before and after:
-                summary += (f"; eval perplexity {before['eval/perplexity']:.2f} -> {after['eval/perplexity']:.2f}, "
-                            f"accuracy {before['eval/accuracy']:.3f} -> {after['eval/accuracy']:.3f}")
-            elif after:
-                summary += f"; eval perplexity {after['eval/perplexity']:.2f}"
-            print(summary + f"; model in {out / 'final'}", flush=True)
-        tracker.close(exit_code=0)
-        return results
+        if self.peak and self.n_layers:  # model FLOPs utilisation, GPUs only
+            figures["perf/mfu"] = figures["perf/tokens_per_second"] * self.per_token / (self.peak * dist.world_size())
+        return figures
 
+
+def run(config: RunConfig) -> dict[str, Any]:
+    t = config.train
+    out = Path(t.output_dir)
+    dist.fill_launcher_env(os.environ)  # first: which rank this is (srun sets only SLURM_PROCID) and how many
+    reporter = Reporter(out, enabled=dist.is_main(), logging_steps=t.logging_steps,
+                        logging_first_step=t.logging_first_step)
+    start = check(config, reporter)
+    dist.init(t.dist_timeout)
+    quiet_libraries(reporter.enabled)
+    if config.uses_builtin_corpus:
+        reporter.say("data: the built-in corpus (Python's pydoc topics); give --train_file or --dataset_name for "
+                     "your own")
+    parts = build(config, start, reporter)
+    write_run_files(config, parts, start.ds, reporter)
+    progress, total = parts.progress, parts.schedule.total_steps
+    if progress.step >= total:
+        return already_trained(parts, out, reporter)
+
+    guard = nonfinite.Guard(parts.engine, t.on_nan, fp16=bool(start.ds.get("fp16", {}).get("enabled")),
+                            min_loss_scale=float(start.ds.get("fp16", {}).get("min_loss_scale", 1)),
+                            progress=progress, warn=reporter.warn, kept=parts.checkpoints.kept)
+    try:
+        reporter.start(total, progress.step, open_wandb(config, parts, start.ds, reporter))
+        before = parts.evaluator(parts.engine) if progress.step == 0 else {}
+        reporter.evaluated(0, before, when="before")
+        start_step = progress.step
+        seconds = loop(config, parts, reporter, guard)
+        results = finish(parts, reporter, out, seconds, start_step, before)
+        reporter.close(exit_code=0)
+        return results
     except BaseException as exc:  # the W&B run records how the job ended, then the error goes on
-        tracker.close(exit_code=getattr(exc, "exit_code", 1))
+        reporter.close(exit_code=getattr(exc, "exit_code", 1))
         lost = dist.comm_failure(exc, t.dist_timeout)
         if lost:
-            raise dist.PeerLost(f"stopped at step {step}: {lost}; {kept_checkpoint(ckpt)}: run the same command to "
-                                f"resume") from None
+            raise PeerLost(f"stopped at step {progress.step}: {lost}; {parts.checkpoints.kept()}: run the same "
+                           f"command to resume") from None
         raise
 
 
-def kept_checkpoint(ckpt: checkpoint.Checkpointer) -> str:
-    """Which committed checkpoint a failed run leaves as latest (read from the pointer: no collective)."""
-    pointer = ckpt.root / checkpoint.POINTER
-    if pointer.exists():
-        return f"{ckpt.root / pointer.read_text().strip()} stays the latest checkpoint"
-    return "no checkpoint was committed before it"
+def finish(parts: Parts, reporter: Reporter, out: Path, seconds: float, start_step: int,
+           before: dict[str, float]) -> dict[str, Any]:
+    """The final eval, the last checkpoint, its export to OUTPUT_DIR/final, results.json and the summary."""
+    progress, f = parts.progress, parts.facts
+    reporter.end_progress()
+    after = parts.evaluator(parts.engine)
+    reporter.evaluated(progress.step, after, when="after")
+    final = save(parts, reporter, 0)  # the last step is a logging step: no tokens are unlogged
+    if dist.is_main():
+        export(final, out / "final", check=False, overwrite=True)
+    dist.barrier()
+    results = {
+        "objective": f["objective"], "model_type": f["model_type"], "world_size": f["world_size"],
+        "nodes": f["nodes"], "zero_stage": f["zero_stage"], "data_fingerprint": f["data_fingerprint"],
+        "resumed_from_step": start_step or None,
+        "train": {"steps": progress.step, "samples": progress.samples, "tokens": progress.tokens_seen,
+                  "loss": reporter.last_train_loss, "skipped_steps": progress.skipped_steps, "runtime_s": seconds,
+                  "tokens_per_second": progress.tokens_seen / seconds if seconds else None},
+        "eval_before": before, "eval": after,
+    }
+    reporter.finished(results, out / "final")
+    return results
 
 
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("dslm", "torch", "deepspeed", "transformers", "datasets", "tokenizers", "wandb"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def git_commit() -> str | None:
-    """The commit of the dslm checkout that runs, when it is one."""
-    try:
-        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                              text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
+def open_wandb(config: RunConfig, parts: Parts, ds: dict[str, Any], reporter: Reporter) -> trackers.WandbRun | None:
+    """The job's W&B run, on global rank 0 only."""
+    if not reporter.enabled:
         return None
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
+    f = parts.facts
+    facts = {**f, "ranks_per_node": f["world_size"] // f["nodes"], "total_steps": parts.schedule.total_steps,
+             "train_examples": None if config.data.streaming else len(parts.prepared.train),
+             "eval_examples": len(parts.prepared.validation or [])}
+    resumed_at = parts.progress.step if parts.found else None
+    return trackers.start_wandb(config, ds, facts, Path(config.train.output_dir), resumed_at, reporter.say)
 
 
-def find_resume(config: RunConfig, ckpt: checkpoint.Checkpointer) -> checkpoint.Found | None:
-    """The checkpoint to resume from, the same on every rank (they verify it together)."""
-    t = config.train
-    if t.resume_from_checkpoint == "none" or (t.resume_from_checkpoint == "auto" and t.overwrite_output_dir):
-        return None
-    if t.resume_from_checkpoint == "auto":
-        return ckpt.latest()
-    path = Path(t.resume_from_checkpoint)
-    problem = checkpoint.verify_together(path)
-    if problem:
-        raise ConfigError(f"--resume_from_checkpoint {path}: {problem}")
-    return checkpoint.Found(path, checkpoint.read_state(path))
+def quiet_libraries(main: bool) -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # advisory warnings; dslm reports what matters
+    transformers.utils.logging.disable_progress_bar()
+    if not main:
+        import datasets
+
+        datasets.disable_progress_bars()
+
+
+def write_run_files(config: RunConfig, parts: Parts, ds: dict[str, Any], reporter: Reporter) -> None:
+    """ds_config.json, run_config.json and the start-up lines; a fresh run clears the previous run's outputs
+    only now, once it is ready to train."""
+    t, f = config.train, parts.facts
+    out = Path(t.output_dir)
+    if dist.is_main():
+        if not parts.found:
+            outdir.clear_previous_run(out, checkpoints=t.overwrite_output_dir)
+        (out / "ds_config.json").write_text(json.dumps(ds, indent=2))
+        (out / "run_config.json").write_text(json.dumps(redact.redact(
+            {**config.to_dict(), "objective_resolved": f["objective"], "model_type": f["model_type"]}), indent=2))
+    n_train = "streamed" if config.data.streaming else len(parts.prepared.train)
+    reporter.say(f"{f['objective']} | {f['model_type']} {f['parameters'] / 1e6:.2f}M params | ZeRO-{f['zero_stage']} | "
+                 f"{f['world_size']} ranks | {n_train} train / {len(parts.prepared.validation or [])} eval examples of "
+                 f"{config.data.max_seq_length} tokens | {parts.schedule.total_steps} steps of {f['tokens_per_step']} "
+                 f"tokens | output {out}")
+    reporter.say(checkpoint.estimate_line(parts.checkpoints.root, f["parameters"], t.bf16 or t.fp16,
+                                          t.save_total_limit))
+
+
+def already_trained(parts: Parts, out: Path, reporter: Reporter) -> dict[str, Any]:
+    """A restart after the last step: export if the kill came between the last commit and the export."""
+    reporter.say(f"already trained to step {parts.progress.step} of {parts.schedule.total_steps}: nothing to do "
+                 f"(raise --max_steps to go further)")
+    if dist.is_main() and not (out / "final").exists():
+        export(parts.found.path, out / "final", check=False)
+        reporter.say(f"exported {parts.found.path} to {out / 'final'}")
+    dist.barrier()
+    return reporter.results()

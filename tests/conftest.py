@@ -42,6 +42,8 @@ def env() -> dict[str, str]:
     e = dict(os.environ)
     e.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
     e["PYTHONUNBUFFERED"] = "1"
+    # W&B's service costs each launch seconds: on only where a test asks for it (the W&B and multi-node tests)
+    e.setdefault("WANDB_MODE", "disabled")
     e.pop("RANK", None)
     e.pop("LOCAL_RANK", None)
     e.pop("WORLD_SIZE", None)
@@ -90,6 +92,26 @@ def results(output_dir: Path) -> dict:
     return json.loads((output_dir / "results.json").read_text())
 
 
+@pytest.fixture(autouse=True)
+def fast_tests_stay_in_process(request, monkeypatch):
+    """The fast tier (`-m "not slow"`) is in-process unit tests: a test that starts a process or a process
+    group fails here until it is marked slow, so the tier cannot grow slow unnoticed."""
+    if request.node.get_closest_marker("slow"):
+        return
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} starts a process or a process group: mark it "
+                             f"@pytest.mark.slow")
+
+    import multiprocessing.util
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+    monkeypatch.setattr(os, "fork", refuse)
+    monkeypatch.setattr(os, "posix_spawn", refuse)
+    monkeypatch.setattr(multiprocessing.util, "spawnv_passfds", refuse)
+    monkeypatch.setattr("torch.distributed.init_process_group", refuse)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def session_cache(tmp_path_factory):
     """Trained tokenizers are cached per user; tests share one cache of their own."""
@@ -105,8 +127,23 @@ def single_process_env(monkeypatch):
 
 @pytest.fixture
 def text_file(tmp_path: Path) -> Path:
-    from dslm.data import builtin_texts
+    from dslm.data.sources import builtin_texts
 
     path = tmp_path / "corpus.txt"
     path.write_text("\n".join(builtin_texts()[:30]))
     return path
+
+
+def prepare_data(tmp_path: Path, **flags):
+    """The tokenizer and tokenized splits a run with these flags trains on, built in this process (a tiny
+    BERT's vocabulary by default)."""
+    from dslm import model
+    from dslm.config import RunConfig
+    from dslm.data import cache
+
+    flags.setdefault("output_dir", str(tmp_path / "out"))
+    flags.setdefault("model_type", "bert")
+    flags.setdefault("vocab_size", 500)
+    config = RunConfig.from_flags(**flags)
+    spec = model.resolve(config)
+    return cache.prepare(config, spec.family, spec.objective, spec.tokenizer)

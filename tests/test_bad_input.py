@@ -22,7 +22,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from dslm import cli
-from dslm.data import builtin_texts
+from dslm.data.sources import builtin_texts
+
+pytestmark = pytest.mark.slow  # each case runs dslm in a forked process, some train
 
 CORPUS = "\n\n".join(builtin_texts()[:30])
 QUIET = ("--report_to", "none")
@@ -389,12 +391,12 @@ def test_bad_deepspeed_configs(tmp_path, out, content, message):
 
 
 def test_nvme_offload_needs_the_async_io_op(tmp_path, out):
-    from dslm import ds_config
+    from dslm import ds_ops
 
     ds = {"optimizer": {"type": "AdamW"},
           "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "nvme", "nvme_path": str(tmp_path)}}}
     path = write(tmp_path / "ds.json", json.dumps(ds))
-    if ds_config.op_problem("AsyncIOBuilder") is None:
+    if ds_ops.op_problem("AsyncIOBuilder") is None:
         pytest.skip("DeepSpeed's async_io op is available here (libaio installed)")
     refused([*tiny(out), "--deepspeed", str(path)], "nvme offload needs DeepSpeed's async_io op (it cannot be built on "
             "this machine): install libaio (apt install libaio-dev)")
@@ -410,11 +412,11 @@ def test_cpu_offload_without_a_built_op_or_a_compiler_is_refused_up_front(tmp_pa
             "or prebuild it (DS_BUILD_CPU_ADAM=1 pip install deepspeed)", env=env)
     (tmp_path / "extensions" / "cpu_adam").mkdir(parents=True)
     (tmp_path / "extensions" / "cpu_adam" / "cpu_adam.so").write_bytes(b"")  # built before: no compiler needed
-    from dslm import ds_config
+    from dslm import ds_ops
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
     monkeypatch.setenv("PATH", str(empty_bin))
-    assert ds_config.op_problem("CPUAdamBuilder") is None
+    assert ds_ops.op_problem("CPUAdamBuilder") is None
 
 
 # ---------------------------------------------------------------- launch

@@ -1,263 +1,221 @@
-"""Checkpoints on the real engine with 2 ranks: commit, corruption, rotation, exact resume, signals, export."""
+"""The file-level parts of checkpointing: names, which checkpoints are this run's, cadence, rotation, RNG state."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
-import time
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import LAUNCH, ROOT, deepspeed, deepspeed_exe, dslm, env, free_port, metrics, results, tiny_flags
 
-from dslm import checkpoint, data
-from dslm.config import EXIT_STOPPED
-
-STEPS = 8
+from dslm import checkpoint
+from dslm.checkpoint import COMMIT, POINTER, STARTED, STATE, Checkpointer, Checkpoints, estimate_line, step_of, tag
+from dslm.errors import ConfigError
 
 
-def flags(out: Path, *extra: str, steps: int = STEPS) -> list[str]:
-    return ["train", *tiny_flags("bert", out, "--logging_steps", "1", "--save_steps", "2", *extra, steps=steps)]
+def test_tag_and_step_of():
+    assert tag(3) == "step-00000003"
+    assert tag(12345678) == "step-12345678"
+    assert step_of(Path("out/checkpoints/step-00000123")) == 123
+    assert step_of(Path(tag(40))) == 40
+    assert sorted([tag(10), tag(9), tag(100)]) == [tag(9), tag(10), tag(100)]  # names sort by step
 
 
-def step_losses(out: Path) -> dict[int, float]:
-    """The last logged loss of each step: a resumed run re-logs steps after its checkpoint."""
-    return {m["step"]: m["train/loss"] for m in metrics(out) if "train/loss" in m}
+def make(root: Path, step: int, fingerprint: str | None = "mine", committed: bool = True,
+         marker: str = STATE) -> Path:
+    tag_dir = root / "checkpoints" / tag(step)
+    tag_dir.mkdir(parents=True)
+    if fingerprint is not None:
+        (tag_dir / marker).write_text(json.dumps({"run_fingerprint": fingerprint, "step": step}))
+    if committed:
+        (tag_dir / COMMIT).write_text(json.dumps({"step": step}))
+    return tag_dir
 
 
-def launch_background(out: Path, *extra: str, steps: int = STEPS, extra_env: dict | None = None):
-    cmd = [deepspeed_exe(), "--num_gpus", "2", "--master_port", str(free_port()), LAUNCH,
-           *flags(out, *extra, steps=steps)]
-    return subprocess.Popen(cmd, cwd=ROOT, env={**env(), **(extra_env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+def test_tags_newest_first_and_only_step_directories(tmp_path):
+    assert Checkpoints(tmp_path, "mine").tags() == []  # no checkpoints directory
+    for step in (2, 10, 1):
+        make(tmp_path, step)
+    root = tmp_path / "checkpoints"
+    (root / "step-3").mkdir()
+    (root / "step-000000070").mkdir()  # nine digits
+    (root / "step-00000007.tmp-host-1").mkdir()
+    (root / ".trash-step-00000004-99").mkdir()
+    (root / "step-00000005").write_text("a file")
+    (root / POINTER).write_text(tag(10))
+    assert [p.name for p in Checkpoints(tmp_path, "mine").tags()] == [tag(10), tag(2), tag(1)]
 
 
-def wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if (out / "metrics.jsonl").exists() and any(m.get("step", 0) >= step and "train/loss" in m
-                                                    for m in metrics(out)):
-            return
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.2)
-    raise AssertionError(f"no step {step} within {timeout}s")
+def test_ours_and_foreign(tmp_path):
+    mine = make(tmp_path, 1)
+    theirs = make(tmp_path, 2, fingerprint="theirs")
+    started = make(tmp_path, 3, committed=False, marker=STARTED)  # an interrupted save of this run
+    started_theirs = make(tmp_path, 4, fingerprint="theirs", committed=False, marker=STARTED)
+    bare = make(tmp_path, 5, fingerprint=None)  # no marker at all
+    torn = make(tmp_path, 6, fingerprint=None)
+    (torn / STATE).write_text('{"run_finger')
+    (torn / STARTED).write_text(json.dumps({"run_fingerprint": "mine"}))  # the state is torn: the start marker says
+    c = Checkpoints(tmp_path, "mine")
+    assert [c.ours(t) for t in (mine, theirs, started, started_theirs, bare, torn)] == [
+        True, False, True, False, False, True]
+    assert [p.name for p in c.foreign()] == [tag(5), tag(4), tag(2)]
 
 
-def rank_pid(launcher: subprocess.Popen, rank: int) -> int:
-    out = subprocess.run(["pgrep", "-s", str(launcher.pid), "-f", f"local_rank={rank}"], capture_output=True,
-                         text=True).stdout.split()
-    assert out, "rank process not found"
-    return int(out[0])
+def test_kept(tmp_path):
+    c = Checkpoints(tmp_path, "mine")
+    assert c.kept() == "no checkpoint was committed before it"
+    make(tmp_path, 4)
+    (tmp_path / "checkpoints" / POINTER).write_text(tag(4) + "\n")
+    assert c.kept() == f"{tmp_path / 'checkpoints' / tag(4)} stays the latest checkpoint"
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """An uninterrupted run, ZeRO-2: the losses every resumed run must reproduce."""
-    out = tmp_path_factory.mktemp("reference") / "out"
-    deepspeed(2, *flags(out))
-    return out
+def test_last_committed(tmp_path):
+    c = Checkpoints(tmp_path, "mine")
+    assert c.last_committed() is None
+    make(tmp_path, 2)
+    make(tmp_path, 4)
+    newest_uncommitted = make(tmp_path, 6, committed=False)
+    assert c.last_committed() == tmp_path / "checkpoints" / tag(4)
+    assert c.last_committed(besides=tmp_path / "checkpoints" / tag(4)) == tmp_path / "checkpoints" / tag(2)
+    assert newest_uncommitted.exists()
 
 
-def test_a_committed_checkpoint_has_everything_to_continue(reference):
-    tag_dir = reference / "checkpoints" / "step-00000004"
-    assert checkpoint.verify(tag_dir) is None
-    state = json.loads((tag_dir / checkpoint.STATE).read_text())
-    assert state["step"] == 4 and state["samples"] == 4 * 4 * 2 and state["world_size"] == 2
-    assert state["config"]["train"]["seed"] == 42 and state["data_fingerprint"]
-    rng = torch.load(tag_dir / "rng_state_00001.pt", weights_only=True)  # our own files: no pickles
-    assert set(rng) >= {"python", "numpy", "torch"}
-    assert (reference / "checkpoints" / "latest").read_text() == "step-00000008"
-    manifest = json.loads((tag_dir / checkpoint.MANIFEST).read_text())["files"]
-    assert any(name.startswith("zero_pp_rank_1") for name in manifest)  # rank 1's shard is in it
+def checkpointer(root: Path, save_steps: int = 5, limit: int | None = None, milestone: int | None = None):
+    return Checkpointer(Checkpoints(root, "mine"), {}, save_steps=save_steps, limit=limit, milestone=milestone)
 
 
-def test_kill_9_of_the_whole_job_then_restart_reproduces_the_losses(reference, tmp_path):
-    out = tmp_path / "out"
-    proc = launch_background(out)
-    wait_for_step(out, 5, proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    deepspeed(2, *flags(out))  # the same command again
-    assert step_losses(out) == step_losses(reference)  # bitwise, step for step
-    assert results(out)["resumed_from_step"] in (4, 6)
+def test_should_save(tmp_path):
+    c = checkpointer(tmp_path, save_steps=5)
+    assert [s for s in range(1, 21) if c.should_save(s, 20)] == [5, 10, 15]  # the end saves step 20
+    assert [s for s in range(1, 23) if c.should_save(s, 22)] == [5, 10, 15, 20]
+    never = checkpointer(tmp_path, save_steps=0)
+    assert [s for s in range(1, 21) if never.should_save(s, 20)] == []
 
 
-def test_kill_of_one_rank_between_its_shards_and_the_commit(reference, tmp_path):
-    out = tmp_path / "out"
-    proc = launch_background(out, extra_env={"DSLM_TEST_KILL_AT_SAVE": "6:1"})
-    proc.wait(timeout=300)
-    assert proc.returncode != 0
-    partial = out / "checkpoints" / "step-00000006"
-    assert not (partial / checkpoint.COMMIT).exists()
-    assert (out / "checkpoints" / "latest").read_text() == "step-00000004"
-    deepspeed(2, *flags(out))
-    assert results(out)["resumed_from_step"] == 4
-    assert step_losses(out) == step_losses(reference)
+def names(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "checkpoints").iterdir())
 
 
-def test_a_rank_killed_mid_run_ends_the_job_with_a_reason_and_the_restart_is_exact(reference, tmp_path):
-    out = tmp_path / "out"
-    proc = launch_background(out, "--dist_timeout", "5", steps=STEPS)
-    wait_for_step(out, 5, proc)
-    os.kill(rank_pid(proc, 1), signal.SIGKILL)
-    killed = time.time()
-    output, _ = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and time.time() - killed < 60  # far inside --dist_timeout: a dead peer is no hang
-    said = [ln for ln in output.splitlines() if ln.startswith("dslm:")]
-    assert len(said) == 1 and said[0].startswith("dslm: error: rank 0: stopped at step "), output[-4000:]
-    assert "another rank is gone" in said[0] and "run the same command to resume" in said[0]
-    assert "Traceback" not in output
-    deepspeed(2, *flags(out))
-    assert results(out)["resumed_from_step"] in (4, 6)
-    assert step_losses(out) == step_losses(reference)
+def rotation_fixture(root: Path) -> None:
+    for step in (2, 4, 6, 8, 10):
+        make(root, step)
+    make(root, 5, committed=False)  # this run's interrupted save
+    make(root, 12, committed=False, marker=STARTED)  # a later interrupted save
+    make(root, 14)  # a timeline abandoned by resuming from step 10
+    make(root, 3, fingerprint="theirs")
+    make(root, 16, fingerprint="theirs")
+    make(root, 7, fingerprint="theirs", committed=False, marker=STARTED)
+    make(root, 9, fingerprint=None)  # nobody's
+    (root / "checkpoints" / POINTER).write_text(tag(10))
+    (root / "checkpoints" / "notes.txt").write_text("mine")
+    (root / "checkpoints" / "keep-me").mkdir()
 
 
-@pytest.mark.parametrize("damage", ["truncate", "delete_shard", "edit", "uncommit"])
-def test_a_damaged_checkpoint_is_skipped_for_the_previous_good_one(reference, tmp_path, damage):
-    out = tmp_path / "out"
-    shutil.copytree(reference, out)
-    newest = out / "checkpoints" / "step-00000008"
-    shard = newest / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
-    if damage == "truncate":
-        shard.write_bytes(shard.read_bytes()[:100])
-    elif damage == "delete_shard":
-        shard.unlink()
-    elif damage == "edit":
-        state = json.loads((newest / checkpoint.STATE).read_text())
-        (newest / checkpoint.STATE).write_text(json.dumps({**state, "step": 9}))
-    else:
-        (newest / checkpoint.COMMIT).unlink()
-    warnings = []
-    fingerprint = json.loads((newest / checkpoint.STATE).read_text())["run_fingerprint"]
-    found = checkpoint.Checkpointer(out, fingerprint, None, None, warn=warnings.append).latest()
-    assert found.path.name == "step-00000006"
-    if damage != "uncommit":
-        assert len(warnings) == 1 and "step-00000008" in warnings[0]
+OTHERS = ["keep-me", "latest", "notes.txt", tag(16), tag(3), tag(7), tag(9)]
 
 
-def test_rotation_keeps_the_newest_k_and_milestones_and_nothing_else(tmp_path):
-    out = tmp_path / "out"
-    extra = ("--save_total_limit", "2", "--save_milestone_steps", "4")
-    deepspeed(2, *flags(out, *extra, steps=6))
-    ours = sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("step-0"))
-    assert ours == ["step-00000004", "step-00000006"]  # 2 kept by the limit, 4 also a milestone
-    stale = out / "checkpoints" / "step-00000100"  # another run's newer checkpoint in the same directory
-    stale.mkdir()
-    (stale / checkpoint.STATE).write_text(json.dumps({"run_fingerprint": "another-run", "step": 100}))
-    (stale / checkpoint.COMMIT).write_text("{}")
-    (out / "checkpoints" / "notes").mkdir()
-    (out / "checkpoints" / "step-notes.txt").write_text("mine")
-    proc = deepspeed(2, *flags(out, *extra, steps=10))  # resume (not from the other run's step 100), rotate
-    assert "belongs to another run" in proc.stdout
-    assert results(out)["resumed_from_step"] == 6
-    names = {p.name for p in (out / "checkpoints").iterdir()}
-    assert {"step-00000100", "notes", "step-notes.txt"} <= names  # untouched
-    ours = sorted(n for n in names if n.startswith("step-0") and n != "step-00000100")
-    assert ours == ["step-00000004", "step-00000008", "step-00000010"]
+def test_rotate_keeps_the_newest_and_milestones(tmp_path):
+    rotation_fixture(tmp_path)
+    checkpointer(tmp_path, limit=2, milestone=4).rotate(10)
+    assert names(tmp_path) == sorted([tag(10), tag(8), tag(4), *OTHERS])
+    assert (tmp_path / "checkpoints" / "notes.txt").read_text() == "mine"
 
 
-def test_a_fresh_start_over_another_runs_checkpoints_is_refused(reference, tmp_path):
-    out = tmp_path / "out"
-    shutil.copytree(reference / "checkpoints", out / "checkpoints")
-    proc = deepspeed(2, "train", *tiny_flags("bert", out, "--seed", "7", steps=2), check=False)
-    assert proc.returncode == 2 and "holds checkpoints of another run" in proc.stderr
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == sorted(
-        p.name for p in (reference / "checkpoints").iterdir())
+def test_rotate_without_a_limit(tmp_path):
+    rotation_fixture(tmp_path)
+    checkpointer(tmp_path).rotate(10)  # every committed one up to 10 stays; the leftovers go
+    assert names(tmp_path) == sorted([tag(2), tag(4), tag(6), tag(8), tag(10), *OTHERS])
 
 
-def test_sigterm_to_one_rank_saves_on_all_ranks_and_the_next_start_resumes(tmp_path):
-    out = tmp_path / "out"
-    proc = launch_background(out, steps=400)
-    wait_for_step(out, 3, proc)
-    os.kill(rank_pid(proc, 1), signal.SIGTERM)
-    output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == EXIT_STOPPED, output
-    assert "run the same command to resume" in output
-    stopped_at = json.loads((out / "checkpoints" / (out / "checkpoints" / "latest").read_text()
-                             / checkpoint.STATE).read_text())["step"]
-    assert stopped_at >= 3
-    deepspeed(2, *flags(out, "--save_steps", "0", steps=stopped_at + 2))
-    assert results(out)["resumed_from_step"] == stopped_at
+def test_rotate_limit_one(tmp_path):
+    rotation_fixture(tmp_path)
+    checkpointer(tmp_path, limit=1).rotate(10)
+    assert names(tmp_path) == sorted([tag(10), *OTHERS])
 
 
-def test_world_size_2_to_1_to_2(tmp_path):
-    out = tmp_path / "out"
-    deepspeed(2, *flags(out, steps=4))
-    before = step_losses(out)[4]
-    deepspeed(1, *flags(out, steps=8))
-    one = results(out)
-    assert one["resumed_from_step"] == 4 and one["world_size"] == 1
-    assert (out / "checkpoints" / "step-00000004" / "universal").is_dir()
-    deepspeed(2, *flags(out, steps=12))
-    losses = step_losses(out)
-    assert results(out)["resumed_from_step"] == 8
-    assert abs(losses[5] - before) < 0.5 and abs(losses[9] - losses[8]) < 0.5  # continues, no restart
-    assert losses[12] < losses[1]
-    state = json.loads((out / "checkpoints" / "step-00000012" / checkpoint.STATE).read_text())
-    assert state["samples"] == 4 * (4 * 2) + 4 * 4 + 4 * (4 * 2)  # the data position carried over in samples
+def test_rotate_never_removes_current(tmp_path):
+    make(tmp_path, 2)
+    make(tmp_path, 4, committed=False)  # current, as rotate sees it: kept whatever its state
+    checkpointer(tmp_path, limit=1).rotate(4)
+    assert names(tmp_path) == [tag(2), tag(4)]
 
 
-def test_resumable_sampler_continues_the_epoch_whatever_the_world_size():
-    n, micro = 103, 2
-    for world in (1, 2, 4):  # one epoch dealt to the ranks covers each sample at most once
-        dealt = [i for r in range(world) for i in data.ResumableSampler(n, world, r, seed=7, micro=micro)]
-        assert len(dealt) == len(set(dealt)) == n // (world * micro) * world * micro
-    # The first 24 samples taken on 2 ranks, the rest of the epoch on 1 rank: no repeats, none lost.
-    two = [data.ResumableSampler(n, 2, r, seed=7, micro=micro) for r in range(2)]
-    consumed = [i for s in two for i in list(s)[:12]]
-    one = data.ResumableSampler(n, 1, 0, seed=7, micro=micro)
-    one.set_epoch(0, skip=24)
-    rest = list(one)
-    assert not set(consumed) & set(rest)
-    assert len(consumed) + len(rest) == one.per_epoch()
-    assert sorted(consumed + rest) == sorted(list(data.ResumableSampler(n, 1, 0, 7, micro))[:one.per_epoch()])
+def draws() -> tuple:
+    return (random.random(), random.gauss(0, 1), np.random.standard_normal(2).tolist(), np.random.randint(1 << 30),
+            torch.rand(3).tolist(), torch.randn(2).tolist())
 
 
-def test_export_of_zero2_and_zero3_checkpoints_matches_the_engine(reference, tmp_path):
-    from test_train import reload_and_evaluate
-
-    out3 = tmp_path / "z3"
-    deepspeed(2, "train", *tiny_flags("gpt2", out3, "--deepspeed", "zero3", "--save_steps", "0", steps=4))
-    for out, objective in ((reference, "mlm"), (out3, "clm")):
-        last = out / "checkpoints" / (out / "checkpoints" / "latest").read_text()
-        exported = tmp_path / f"export-{out.name}"
-        proc = dslm("export", str(last), str(exported))
-        assert "exported" in proc.stdout
-        shutil.rmtree(out / "final")
-        exported.rename(out / "final")
-        assert reload_and_evaluate(out, objective) == pytest.approx(results(out)["eval"]["eval/loss"], rel=1e-5)
-
-
-def test_out_of_disk_space_keeps_the_previous_checkpoint(tmp_path):
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a small tmpfs")
-    out = tmp_path / "small"
-    out.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1600k", "tmpfs", str(out)]).returncode != 0:
-        pytest.skip("cannot mount tmpfs here")
-    try:
-        proc = deepspeed(2, *flags(out, "--cache_dir", str(tmp_path / "cache"), steps=12), check=False)
-        assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
-        err = proc.stderr
-        assert "dslm: error:" in err and ("not enough disk space" in err or "no space left on device" in err)
-        assert "Traceback" not in err
-        committed = [p for p in (out / "checkpoints").iterdir() if (p / checkpoint.COMMIT).exists()]
-        assert committed and all(checkpoint.verify(p) is None for p in committed)
-        assert (out / "checkpoints" / "latest").read_text() == max(p.name for p in committed)
-    finally:
-        subprocess.run(["umount", str(out)])
+def test_rng_state_round_trip(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    random.gauss(0, 1)  # leaves a cached second normal in python's generator
+    np.random.standard_normal()  # and in numpy's
+    state = checkpoint.rng_state()
+    first = draws()
+    checkpoint.set_rng_state(state)
+    assert draws() == first
+    # as a checkpoint stores it: torch.save, then loaded with weights_only as resume() does
+    torch.save(state, tmp_path / "rng_state_00000.pt")
+    draws()
+    checkpoint.set_rng_state(torch.load(tmp_path / "rng_state_00000.pt", weights_only=True))
+    assert draws() == first
 
 
-def test_export_refuses_a_non_empty_directory_and_a_zero_stage_change(reference, tmp_path):
-    last = reference / "checkpoints" / "step-00000008"
-    proc = dslm("export", str(last), str(reference), check=False)
-    assert proc.returncode == 1 and "exists and is not empty" in proc.stderr
-    assert (reference / "metrics.jsonl").exists()
-    out = tmp_path / "out"
-    shutil.copytree(reference, out)
-    proc = deepspeed(2, *flags(out, "--deepspeed", "zero3", steps=10), check=False)
-    assert proc.returncode == 2 and "was saved with ZeRO-2 and this run uses ZeRO-3" in proc.stderr
+def test_estimate_line(tmp_path):
+    # 1M params: 12 bytes each (fp32 weights and Adam's two moments), 16 with mixed precision's master weights
+    assert estimate_line(tmp_path, 1_000_000, False, 3) == (
+        f"checkpoints: ~11.4 MiB each, at most 3 + 1 while saving = 45.8 MiB (plus milestones), in {tmp_path}")
+    assert estimate_line(tmp_path, 1_000_000, True, None) == (
+        f"checkpoints: ~15.3 MiB each, no --save_total_limit: unbounded, in {tmp_path}")
+
+
+def test_figures_before_any_save(tmp_path):
+    assert checkpointer(tmp_path).figures() == {"checkpoint/save_seconds": None, "checkpoint/size_mb": 0.0}
+
+
+# ---- finding the checkpoint to resume from (one process: the collectives are local)
+
+def commit_manifest(tag_dir: Path) -> None:
+    from dslm.manifest import MANIFEST, entries_together
+
+    files, problem = entries_together(tag_dir)
+    assert problem is None
+    (tag_dir / MANIFEST).write_text(json.dumps({"files": files}))
+
+
+def test_latest_skips_foreign_uncommitted_and_damaged(tmp_path):
+    for step in (2, 4):
+        commit_manifest(make(tmp_path, step))
+    damaged = make(tmp_path, 6)
+    (damaged / "mp_rank_00_model_states.pt").write_bytes(b"w" * 64)
+    commit_manifest(damaged)
+    (damaged / "mp_rank_00_model_states.pt").write_bytes(b"w" * 10)  # truncated
+    commit_manifest(make(tmp_path, 8, fingerprint="theirs"))
+    make(tmp_path, 10, committed=False)
+    warnings: list[str] = []
+    found = Checkpoints(tmp_path, "mine", warn=warnings.append).latest()
+    assert found is not None
+    assert found.path == tmp_path / "checkpoints" / tag(4)
+    assert found.state == {"run_fingerprint": "mine", "step": 4}
+    root = tmp_path / "checkpoints"
+    assert warnings == [
+        f"skipping checkpoint {root / tag(8)}: it belongs to another run (different model, data or seed)",
+        f"skipping checkpoint {root / tag(6)}: mp_rank_00_model_states.pt has 10 bytes, the manifest says 64"]
+
+
+def test_find(tmp_path):
+    good = make(tmp_path, 2)
+    commit_manifest(good)
+    c = Checkpoints(tmp_path, "mine")
+    assert c.find("none", overwrite=False) is None
+    assert c.find("auto", overwrite=True) is None
+    assert c.find("auto", overwrite=False).path == good
+    assert c.find(str(good), overwrite=False).path == good
+    (good / COMMIT).unlink()
+    assert c.find("auto", overwrite=False) is None
+    with pytest.raises(ConfigError) as err:
+        c.find(str(good), overwrite=False)
+    assert str(err.value) == f"--resume_from_checkpoint {good}: no commit marker (the save did not finish)"

@@ -18,6 +18,7 @@ def test_local_rank_is_taken_out_of_argv(monkeypatch):
     assert args == ["train"] and debug and os.environ["LOCAL_RANK"] == "0"
 
 
+@pytest.mark.slow
 def test_help_lists_every_flag_with_default_and_help():
     from dslm.config import all_fields
 
@@ -95,6 +96,7 @@ def test_an_existing_run_is_not_overwritten(capsys, tmp_path):
     assert (out / "results.json").read_text() == "{}"
 
 
+@pytest.mark.slow
 def test_errors_in_a_real_process_exit_2_without_traceback(tmp_path):
     proc = dslm("train", "--output_dir", str(tmp_path / "o"), "--objective", "plm", check=False)
     assert proc.returncode == 2
@@ -105,6 +107,7 @@ def test_errors_in_a_real_process_exit_2_without_traceback(tmp_path):
     assert proc.returncode == 2 and "did you mean --max_steps" in proc.stderr
 
 
+@pytest.mark.slow
 def test_single_process_entry_points_train_the_same(tmp_path):
     """`dslm train` and `python -m dslm train` make their own one-rank group; same seed, same losses."""
     a, b = tmp_path / "a", tmp_path / "b"

@@ -12,9 +12,10 @@ import pytest
 from conftest import LAUNCH, ROOT, deepspeed_exe, env, free_port, metrics, tiny_flags
 
 from dslm import dist
-from dslm.config import ConfigError
+from dslm.errors import ConfigError
 
 
+@pytest.mark.slow
 def test_shm_segments_are_mapped_but_unlinked_so_a_killed_run_leaks_no_memory(tmp_path):
     out, port = tmp_path / "out", free_port()
     cmd = [deepspeed_exe(), "--num_gpus", "2", "--master_port", str(port), LAUNCH,

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from dslm import ds_config
-from dslm.config import ConfigError, RunConfig
+from dslm.config import RunConfig
+from dslm.errors import ConfigError
 
 
 def resolve(ds, world_size=2, **flags):

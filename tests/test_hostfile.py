@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT, dslm
 
 from dslm import hostfile
-from dslm.config import ConfigError
+from dslm.errors import ConfigError
 
 
 def test_the_shipped_hostfiles_parse():
@@ -35,6 +35,7 @@ def test_bad_hostfiles_are_refused_naming_the_line(text, message):
         hostfile.parse(text)
 
 
+@pytest.mark.slow
 def test_check_from_the_command_line(tmp_path):
     good, bad = tmp_path / "good", tmp_path / "bad"
     good.write_text("localhost slots=2\n")
@@ -47,6 +48,7 @@ def test_check_from_the_command_line(tmp_path):
     assert proc.returncode == 2 and "not found" in proc.stderr
 
 
+@pytest.mark.slow
 def test_unreachable_hosts_are_named(tmp_path, monkeypatch):
     """A stand-in ssh that reaches only `up`: the check asks every host, as pdsh will, with its options."""
     bin_dir = tmp_path / "bin"
@@ -66,12 +68,14 @@ def test_unreachable_hosts_are_named(tmp_path, monkeypatch):
         hostfile.check(str(path), ssh=True)
 
 
+@pytest.mark.slow
 def test_k8s_hostfile_names_the_pods_of_the_indexed_job(tmp_path):
     out = tmp_path / "hostfile"
     dslm("hostfile", "k8s", "--name", "dslm", "--service", "dslm", "--nodes", "3", "--slots", "8", "--out", str(out))
     assert out.read_text() == "dslm-0.dslm slots=8\ndslm-1.dslm slots=8\ndslm-2.dslm slots=8\n"
 
 
+@pytest.mark.slow
 def test_slurm_hostfile_uses_node_addresses(tmp_path, monkeypatch):
     """A stand-in scontrol answers as SLURM does; a node whose name does not resolve gets its NodeAddr."""
     bin_dir = tmp_path / "bin"

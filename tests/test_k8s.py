@@ -12,6 +12,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # runs the schema validators as processes
+
 K8S = ROOT / "launch" / "k8s"
 CORE = ["service.yaml", "pvc.yaml", "job.yaml"]
 # The Kubeflow training-operator's CRD, kept beside the project (not copied into it).

@@ -11,7 +11,11 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+import yaml
 from conftest import ROOT
+
+from dslm.config import all_fields
 
 FAKE = """#!/usr/bin/env bash
 cp "$DS_ENV_FILE" "{out}/env_file"
@@ -31,6 +35,7 @@ def run_script(tmp_path: Path, *args: str, extra_env: dict[str, str]) -> subproc
                           capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_multinode_forwards_wandb_hf_network_and_python_settings(tmp_path):
     (tmp_path / ".deepspeed_env").write_text("WANDB_PROJECT=stale\n")  # a leftover must not be used
     proc = run_script(tmp_path, str(ROOT / "hostfiles" / "localhost"), "--master_port", "29999", "train",
@@ -52,6 +57,7 @@ def test_multinode_forwards_wandb_hf_network_and_python_settings(tmp_path):
     assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("dslm-deepspeed-env.*"))  # removed after
 
 
+@pytest.mark.slow
 def test_multinode_refuses_a_bad_hostfile_before_launching(tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("localhost slots=2\nlocalhost slots=2\n")
@@ -60,6 +66,15 @@ def test_multinode_refuses_a_bad_hostfile_before_launching(tmp_path):
     assert not (tmp_path / "args").exists()  # the launcher never started
 
 
+@pytest.mark.slow
 def test_multinode_names_a_missing_hostfile(tmp_path):
     proc = run_script(tmp_path, "nope", "train", extra_env={})
     assert proc.returncode == 2 and "hostfile nope not found" in proc.stderr
+
+
+def test_sweep_uses_known_flags():
+    """launch/sweep.yaml sweeps flags dslm knows, by its eval loss."""
+    sweep = yaml.safe_load((ROOT / "launch" / "sweep.yaml").read_text())
+    assert set(sweep["parameters"]) <= set(all_fields())
+    assert sweep["metric"]["name"] == "eval/loss"
+    assert "dslm train" in " ".join(sweep["command"])

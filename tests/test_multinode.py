@@ -19,6 +19,8 @@ import slurm_cluster
 import yaml
 from conftest import ROOT, deepspeed, env, free_port, metrics, results, tiny_flags
 
+pytestmark = pytest.mark.slow  # real hosts (network namespaces), sshd, pdsh and a SLURM cluster
+
 JOB = ROOT / "launch" / "k8s" / "job.yaml"
 
 

@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 
 from dslm import checkpoint, nonfinite
 
+pytestmark = pytest.mark.slow  # real 2-rank jobs with injected NaNs
+
 FAULTS = str(ROOT / "tests" / "faults")
 
 

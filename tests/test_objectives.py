@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from dslm import objectives, tokenizer
-from dslm.config import ConfigError, ObjectiveConfig
-from dslm.data import builtin_texts
+from dslm.config import ObjectiveConfig
+from dslm.data.sources import builtin_texts
+from dslm.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

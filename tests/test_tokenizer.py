@@ -1,8 +1,8 @@
 import pytest
 
 from dslm import tokenizer
-from dslm.config import ConfigError
-from dslm.data import builtin_texts
+from dslm.data.sources import builtin_texts
+from dslm.errors import ConfigError
 
 
 @pytest.mark.parametrize("family, model, keeps_type_ids", [

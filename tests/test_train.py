@@ -14,6 +14,8 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokeniz
 from dslm import evaluation, objectives
 from dslm.config import ObjectiveConfig
 
+pytestmark = pytest.mark.slow  # each test launches real 2-rank DeepSpeed jobs
+
 LOADERS = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM, "plm": XLNetLMHeadModel}
 
 

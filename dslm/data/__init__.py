@@ -1,0 +1,1 @@
+"""The data path: sources -> encode -> pack -> cache (or stream) -> sampler."""

@@ -1,0 +1,47 @@
+"""Which samples each rank takes, in an order that a resumed run continues exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """Each epoch: one permutation of the whole training set (seed + epoch), dealt to ranks in
+    turn, like DistributedSampler(drop_last=True). A resumed epoch skips the first `skip`
+    samples of that permutation: the samples consumed before, whatever the old world size."""
+
+    def __init__(self, n: int, world: int, rank: int, seed: int, micro: int) -> None:
+        self.n, self.world, self.rank, self.seed, self.micro = n, world, rank, seed, micro
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def per_epoch(self) -> int:
+        """Samples one epoch consumes on all ranks together."""
+        return self.n // (self.world * self.micro) * self.world * self.micro
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=g)[self.skip:self.per_epoch()]
+        return iter(order[self.rank::self.world].tolist())
+
+    def __len__(self) -> int:
+        return max(0, self.per_epoch() - self.skip) // self.world
+
+
+def micro_batches(loader: DataLoader, position: Any, epoch: int, skip: int) -> Iterator[tuple[int, Any]]:
+    """Endless (epoch, batch) stream from `skip` samples into `epoch`; a stream restarts its pass.
+
+    `position` is the loader's ResumableSampler, or the StreamBlocks dataset when streaming.
+    """
+    while True:
+        position.set_epoch(epoch, skip)
+        for batch in loader:
+            yield epoch, batch
+        epoch, skip = epoch + 1, 0

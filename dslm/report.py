@@ -1,0 +1,145 @@
+"""Everything a person or a tool reads of a run, written by global rank 0 only: console lines and the
+progress bar, metrics.jsonl, the W&B run, results.json and the closing summary.
+
+Other ranks hold a Reporter that writes nothing, so call sites need no rank checks. Errors are the
+one output that does not come through here (the CLI prints them, on whichever rank they happen).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from dslm import atomic
+from dslm.trackers import WandbRun
+
+
+class Reporter:
+    def __init__(self, output_dir: Path, enabled: bool, logging_steps: int = 1, logging_first_step: bool = False):
+        self.enabled = enabled
+        self.metrics = output_dir / "metrics.jsonl"
+        self.results_path = output_dir / "results.json"
+        self.logging_steps, self.logging_first_step = logging_steps, logging_first_step
+        self.wandb: WandbRun | None = None
+        self.pending: dict[str, Any] = {}  # W&B gets one log call per step with all of that step's figures
+        self.pending_step: int | None = None
+        self.bar: tqdm | None = None
+        self.last_train_loss: float | None = None  # for results.json: the last window's mean
+
+    # ---- the console
+    def say(self, line: str, file: TextIO | None = None) -> None:
+        """A line for the person watching: above the progress bar while there is one."""
+        if not self.enabled:
+            return
+        if self.bar is not None and not self.bar.disable and file is None:
+            self.bar.write(line, file=sys.stdout)
+        else:
+            print(line, file=file or sys.stdout, flush=True)
+
+    def warn(self, message: str) -> None:
+        self.say(f"warning: {message}")
+
+    def start(self, total_steps: int, step: int, wandb_run: WandbRun | None) -> None:
+        """The progress bar from `step` on (a line per logging step where output is not a terminal)."""
+        self.wandb = wandb_run
+        if self.enabled:
+            self.bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
+                            file=sys.stderr, disable=None)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def end_progress(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    # ---- metrics.jsonl and W&B
+    def should_log(self, step: int, total: int) -> bool:
+        return step % self.logging_steps == 0 or step == total or (self.logging_first_step and step == 1)
+
+    def resumed(self, step: int) -> None:
+        """A resumed run logs from `step` on: drop what the interrupted run logged after its checkpoint."""
+        if not self.enabled or not self.metrics.exists():
+            return
+        kept = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                pass  # a line torn by the kill
+        atomic.write_file(self.metrics, "".join(f"{row}\n" for row in kept))
+
+    def log(self, step: int, figures: dict[str, Any]) -> None:
+        if "train/loss" in figures:
+            self.last_train_loss = figures["train/loss"]
+        if not self.enabled:
+            return
+        with self.metrics.open("a") as f:
+            f.write(json.dumps({"step": step, "time": time.time(), **figures}) + "\n")
+        if self.wandb is not None:
+            if self.pending_step is not None and step != self.pending_step:
+                self._flush()
+            self.pending_step = step
+            self.pending.update({k: v for k, v in figures.items() if v is not None})
+        if "train/loss" in figures:
+            loss = figures["train/loss"]
+            postfix = {"loss": "skipped" if loss is None else f"{loss:.4f}",
+                       "lr": f"{figures['train/learning_rate']:.2e}",
+                       "tok/s": f"{figures['perf/tokens_per_second']:.0f}"}
+            if self.bar is not None and not self.bar.disable:
+                self.bar.set_postfix(postfix, refresh=False)
+            else:  # no terminal (a log file, a pod): one line per logging step instead of a bar
+                self.say(f"step {step}: " + " ".join(f"{k} {v}" for k, v in postfix.items()))
+
+    def evaluated(self, step: int, figures: dict[str, float], when: str = "during") -> None:
+        """Eval figures, logged; before and during training also a console line (the summary shows the last)."""
+        if not figures:
+            return
+        self.log(step, figures)
+        if when == "before":
+            self.say(f"eval before training: loss {figures['eval/loss']:.4f} "
+                     f"perplexity {figures['eval/perplexity']:.2f} accuracy {figures['eval/accuracy']:.4f}")
+        elif when == "during":
+            self.say(f"step {step}: eval loss {figures['eval/loss']:.4f} perplexity {figures['eval/perplexity']:.2f}")
+
+    def _flush(self) -> None:
+        if self.wandb is not None and self.pending:
+            self.wandb.log(self.pending_step, self.pending)
+        self.pending, self.pending_step = {}, None
+
+    # ---- the end
+    def results(self) -> dict[str, Any]:
+        """The results.json of a run that finished before (an "already trained" restart)."""
+        return json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
+
+    def finished(self, results: dict[str, Any], final_dir: Path) -> None:
+        """results.json and the closing summary line."""
+        if not self.enabled:
+            return
+        self.results_path.write_text(json.dumps(results, indent=2))
+        train, before, after = results["train"], results["eval_before"], results["eval"]
+        seconds = train["runtime_s"]
+        skipped = f", {train['skipped_steps']} skipped for inf/NaN" if train["skipped_steps"] else ""
+        summary = f"done: {train['steps']} steps{skipped} in {seconds:.0f}s ({train['tokens'] / seconds:.0f} tokens/s)"
+        if before and after:
+            summary += (f"; eval perplexity {before['eval/perplexity']:.2f} -> {after['eval/perplexity']:.2f}, "
+                        f"accuracy {before['eval/accuracy']:.3f} -> {after['eval/accuracy']:.3f}")
+        elif after:
+            summary += f"; eval perplexity {after['eval/perplexity']:.2f}"
+        self.say(summary + f"; model in {final_dir}")
+
+    def close(self, exit_code: int) -> None:
+        """The last call: the bar closed, W&B's last step sent and its run ended with how the job ended."""
+        self.end_progress()
+        self._flush()
+        if self.wandb is not None:
+            self.wandb.finish(exit_code)
+            self.wandb = None

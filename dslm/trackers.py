@@ -1,0 +1,112 @@
+"""Trackers beside metrics.jsonl: one W&B run per job, opened by global rank 0 only."""
+
+from __future__ import annotations
+
+import netrc
+import os
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+from dslm import redact
+
+
+def wandb_mode() -> str:
+    """WANDB_MODE if set; else online with a login (a key, or a netrc entry with one), offline without."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode:
+        return "disabled" if mode in ("disabled", "dryrun_disabled") else mode
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    return "online" if netrc_key() else "offline"
+
+
+def netrc_key() -> str | None:
+    """The api.wandb.ai key in the netrc file wandb reads ($NETRC, else ~/.netrc). The path is given
+    explicitly, as wandb gives it: Python then skips its permission check, which wandb does not make."""
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
+    try:
+        entry = netrc.netrc(str(path)).authenticators("api.wandb.ai")
+    except (OSError, netrc.NetrcParseError):
+        return None
+    return entry[2] if entry and entry[2] else None
+
+
+class WandbRun:
+    """One W&B run per job, opened by global rank 0 only; resumed under the same id after a restart."""
+
+    def __init__(self, output_dir: Path, resume_step: int | None, name: str, job_type: str, config: dict[str, Any],
+                 logging: Any, say: Any) -> None:
+        import wandb
+
+        mode = wandb_mode()
+        id_file = output_dir / "wandb_run_id"
+        run_id = id_file.read_text().strip() if resume_step is not None and id_file.exists() else None
+        run_id = run_id or os.environ.get("WANDB_RUN_ID") or uuid.uuid4().hex[:8]
+        tags = logging.wandb_tags or os.environ.get("WANDB_TAGS")
+        self.run = wandb.init(
+            project=logging.wandb_project or os.environ.get("WANDB_PROJECT") or "dslm",
+            entity=logging.wandb_entity or os.environ.get("WANDB_ENTITY"),
+            group=logging.wandb_group or os.environ.get("WANDB_RUN_GROUP"),
+            tags=[t.strip() for t in tags.split(",") if t.strip()] if tags else None,
+            name=redact.text(logging.run_name or os.environ.get("WANDB_NAME") or name),
+            job_type=job_type, id=run_id, resume="allow", dir=str(output_dir), mode=mode, config=config,
+            # No console capture, code or command-line metadata: they could carry secrets.
+            settings=wandb.Settings(console="off", silent=True, x_disable_meta=True, disable_code=True,
+                                    disable_git=True, save_code=False))
+        id_file.write_text(run_id)
+        # Resumed, the run continues after the checkpoint's step; a W&B server that already holds
+        # later steps (logged before the interruption) would refuse them as going backwards.
+        self.skip_until = -1 if resume_step is None else max(resume_step, self.run.step - 1)
+        if mode == "offline":
+            say(f"W&B: no login found, logging offline to {self.run.dir.rsplit('/files', 1)[0]}; upload later with "
+                f"`wandb sync {Path(self.run.dir).parent}`")
+        else:
+            say(f"W&B: run {run_id} ({mode})")
+
+    def log(self, step: int, figures: dict[str, Any]) -> None:
+        if step > self.skip_until:
+            self.run.log(figures, step=step)
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.run.finish(exit_code=exit_code)
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("dslm", "torch", "deepspeed", "transformers", "datasets", "tokenizers", "wandb"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_commit() -> str | None:
+    """The commit of the dslm checkout that runs, when it is one."""
+    try:
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def wandb_config(config: dict[str, Any], ds: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
+    """The run's W&B config, nested for the compare views and sweeps, with secrets redacted."""
+    return redact.redact({**config, "deepspeed": ds, "run": facts, "versions": library_versions(),
+                          "git_commit": git_commit()})
+
+
+def start_wandb(config: Any, ds: dict[str, Any], facts: dict[str, Any], output_dir: Path, resumed_at: int | None,
+                say: Any) -> WandbRun | None:
+    """The job's W&B run (global rank 0 calls this), or None when W&B is off."""
+    if config.logging.report_to == "none" or wandb_mode() == "disabled":
+        return None
+    name = (f"{facts['objective']}-{facts['model_type']}-{facts['parameters'] / 1e6:.1f}M-"
+            f"zero{facts['zero_stage']}")
+    return WandbRun(output_dir, resume_step=resumed_at, job_type=facts["objective"],
+                    config=wandb_config(config.to_dict(), ds, facts), name=name, logging=config.logging, say=say)

@@ -1,0 +1,74 @@
+"""Encoding: the Rust fast path gives exactly what the tokenizer's own call gives."""
+
+import pytest
+from datasets import Dataset
+
+from dslm.data import encode, sources
+from dslm.data.pack import pack
+
+# Texts that exercise what a tokenizer can get wrong: accents, CJK, emoji, odd whitespace, control
+# characters, special tokens of every family written in the text, and a long one (truncation).
+TRICKY = ["Hello, world! 42 naïve CAFÉ", "  leading and  trailing  ", "日本語のテキスト 🙂", "a\tb\nc\u00a0d\u200be",
+          "x", "\x00\x01 control", "[MASK] [SEP] <mask> </s> <sep> <|endoftext|> <unk> written in the text",
+          " ".join(["words"] * 100)]
+
+
+def _trained(family):
+    from dslm import tokenizer as tok
+
+    return tok.train(family, iter([sources.builtin_texts()[:40]]), 300)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "gpt2", "xlnet"])
+def test_rust_path_gives_exactly_what_the_tokenizer_call_gives(family):
+    """The cache build reads the Rust tokenizer directly; its ids, masks and offsets must be __call__'s."""
+    tokenizer = _trained(family)
+    texts = sources.builtin_texts()[:6] + TRICKY
+    for line_by_line in (False, True):
+        expected = tokenizer(texts, truncation=line_by_line, max_length=32 if line_by_line else None,
+                             return_special_tokens_mask=True, return_offsets_mapping=True)
+        eos = tokenizer.eos_token_id
+        # Packed documents get an EOS where the tokenizer adds none (GPT-2, XLNet): their boundary.
+        add_eos = not line_by_line and eos is not None and eos not in tokenizer("a")["input_ids"]
+        for columns in (["input_ids"], ["input_ids", "special_tokens_mask"],
+                        ["input_ids", "special_tokens_mask", "offset_mapping"]):
+            enc = encode.Encoder(tokenizer, columns, line_by_line=line_by_line, max_seq_length=32)
+            assert enc.rust is not None  # the fast path is the one under test
+            ds = encode.tokenize(Dataset.from_dict({"text": texts}), tokenizer, columns, line_by_line=line_by_line,
+                               max_seq_length=32, num_proc=None)
+            assert ds.features == encode.features(columns)
+            streamed = encode.encoder(tokenizer, columns, line_by_line=line_by_line, max_seq_length=32)(texts)
+            for name, extra in (("input_ids", eos), ("special_tokens_mask", 1), ("offset_mapping", (0, 0))):
+                if name in columns:
+                    want = [list(row) + ([extra] if add_eos else []) for row in expected[name]]
+                    assert streamed[name] == want, (name, line_by_line)
+                    if name == "offset_mapping":
+                        want = [[list(pair) for pair in row] for row in want]
+                    assert ds[name] == want, (name, line_by_line)
+
+
+def test_a_tokenizer_that_encodes_in_python_keeps_its_call():
+    tokenizer = _trained("bert")
+
+    class Shouting(type(tokenizer)):  # changes the text before the Rust tokenizer sees it
+        def _encode_plus(self, text, *args, **kwargs):
+            return super()._encode_plus([t.upper() for t in text], *args, **kwargs)
+
+    tokenizer.__class__ = Shouting
+    enc = encode.Encoder(tokenizer, ["input_ids"], line_by_line=False, max_seq_length=32)
+    assert enc.rust is None
+    assert enc.rows(enc.encode(["hello"]))["input_ids"] == [tokenizer(["hello"])["input_ids"][0]]
+
+
+def test_tokenize_in_many_batches_gives_the_same_rows(monkeypatch):
+    """The build encodes batch after batch (the next one while converting the last): order and
+    content must not depend on where the batches are cut."""
+    tokenizer = _trained("gpt2")
+    ds = Dataset.from_dict({"text": sources.builtin_texts()[:30] + TRICKY})
+    columns = ["input_ids", "special_tokens_mask", "offset_mapping"]
+    whole = encode.tokenize(ds, tokenizer, columns, line_by_line=False, max_seq_length=32, num_proc=None)
+    monkeypatch.setattr(encode, "ENCODE_BATCH_BYTES", 2000)  # many batches, some of a single long text
+    assert len(list(encode._text_batches(ds, encode.ENCODE_BATCH_BYTES))) > 10
+    cut = encode.tokenize(ds, tokenizer, columns, line_by_line=False, max_seq_length=32, num_proc=None)
+    assert cut.to_dict() == whole.to_dict()
+    assert pack(cut, 32).to_dict() == pack(whole, 32).to_dict()

@@ -1,0 +1,45 @@
+"""Reading raw text: file formats, the text column, local dataset folders."""
+
+import json
+
+import pandas as pd
+import pytest
+from conftest import prepare_data as prepare
+
+from dslm.errors import ConfigError
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".csv", ".parquet"])
+def test_structured_files_use_text_or_the_only_string_column(tmp_path, suffix):
+    from dslm.data.sources import builtin_texts
+
+    frame = pd.DataFrame({"body": builtin_texts()[:20], "n": range(20)})
+    path = tmp_path / f"corpus{suffix}"
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif suffix == ".parquet":
+        frame.to_parquet(path)
+    else:
+        path.write_text("\n".join(json.dumps(r) for r in frame.to_dict("records")))
+    prepared = prepare(tmp_path, train_file=str(path), max_seq_length=32)
+    assert len(prepared.train) > 10
+
+
+def test_missing_text_column_is_named(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"a": "x", "b": "y"}\n')
+    with pytest.raises(ConfigError, match="no 'text' column and 2 string columns"):
+        prepare(tmp_path, train_file=str(path))
+    with pytest.raises(ConfigError, match="has no column 'body'"):
+        prepare(tmp_path, train_file=str(path), text_column="body")
+
+
+def test_dataset_name_loads_a_local_dataset_directory(tmp_path):
+    from dslm.data.sources import builtin_texts
+
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in builtin_texts()[:20]))
+    (folder / "validation.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in builtin_texts()[20:23]))
+    prepared = prepare(tmp_path, dataset_name=str(folder), max_seq_length=32)
+    assert len(prepared.train) > 50 and len(prepared.validation) > 5
