@@ -69,8 +69,7 @@ def rank_main(args: argparse.Namespace) -> None:
     dist.init(30)
     run, ds = build(config)
     batch = next(iter(run.loader))  # one real step, so the optimizer state exists and is saved
-    loss, _, _ = run.forward(run.engine, batch, run.engine.device)
-    run.engine.backward(loss)
+    run.engine.backward(run.forward(run.engine, batch, run.engine.device).loss_sum)
     run.engine.step()
     ckpt = checkpoint.Checkpointer(checkpoint.Checkpoints(out, "bench"), {"zero_stage": checkpoint_stage(ds)},
                                    save_steps=0, limit=1, milestone=None)

@@ -38,7 +38,7 @@ def bare_step_time(config, warmup: int, steps: int) -> float:
         if i == warmup:
             dist.barrier()
             start = time.perf_counter()
-        loss, _, _ = run.forward(run.engine, batch, run.engine.device)
+        loss = run.forward(run.engine, batch, run.engine.device).loss_sum
         run.engine.backward(loss)
         run.engine.step()
     float(loss)  # wait for the last step, as the logging step of dslm's loop does

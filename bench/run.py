@@ -1,6 +1,6 @@
 """Run every benchmark that applies to this machine, then write one table with the targets.
 
-    python bench/run.py [--only data,train,train_compile,loop,checkpoint,scaling,gpu] [--quick] [--summary]
+    python bench/run.py [--only data,train,train_compile,loop,checkpoint,zero3,scaling,gpu] [--quick] [--summary]
 
 Each benchmark also runs alone (`python -m bench.train_bench --help`, ...). Their JSON goes to
 bench/results/, and bench/results/summary.md gets the table below with the machine, date and
@@ -31,6 +31,7 @@ BENCHES = {  # name -> (command, quick extra flags)
              ["--steps", "14", "--warmup", "4", "--repeats", "2"]),
     "checkpoint": (["bench/checkpoint_bench.py", "--out", str(RESULTS / "checkpoint.json")], ["--repeats", "1"]),
     "scaling": (["-m", "bench.scaling", "--out", str(RESULTS / "scaling.json")], ["--steps", "6", "--repeats", "1"]),
+    "zero3": (["bench/zero3_memory.py", "--out", str(RESULTS / "zero3_memory.json")], ["--steps", "1"]),
     "gpu": (["-m", "bench.gpu", "--out", str(RESULTS / "gpu.json")], ["--steps", "20", "--budget_s", "200"]),
 }
 
@@ -121,6 +122,12 @@ def summary() -> str:
     if ckpt:
         rows.append(["checkpoint save / disk sequential write", ">= 0.5", f"{ckpt['save_vs_disk']:.2f}",
                      verdict(ckpt["save_vs_disk"] >= 0.5)])
+    zero3 = load("zero3_memory")
+    if zero3:
+        rows.append(["peak RSS per rank building and training 303M params, ZeRO-3, partitioned / whole build",
+                     "<= 0.7", f"{zero3['build_and_train_ratio']:.2f}", verdict(zero3["build_and_train_ratio"] <= 0.7)])
+        rows.append(["peak RSS per rank building 303M params, ZeRO-3, partitioned / whole build", "(reported)",
+                     f"{zero3['build_ratio']:.2f}", ""])
     scaling = load("scaling")
     if scaling and "cpu" in scaling:
         rows.append(["CPU tokens/s, 2 ranks / (2 x 1 rank)", "(reported)", f"{scaling['cpu']['efficiency']:.2f}", ""])

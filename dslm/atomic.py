@@ -6,6 +6,7 @@ place: a reader (another rank, another node, the next run) never sees half of it
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import socket
@@ -21,9 +22,29 @@ def _sync_directory(path: Path) -> None:
         os.close(fd)
 
 
-def _temporary(target: Path) -> Path:
+def _temporary(target: Path, pid: int | None = None) -> Path:
     # Host and pid: writers on nodes that share the file system never pick the same name.
-    return target.with_name(f".{target.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    return target.with_name(f".{target.name}.tmp-{socket.gethostname()}-{pid or os.getpid()}")
+
+
+def _remove_stale(target: Path) -> None:
+    """Temporaries a killed writer on this host left for `target` (its pid is gone): a killed build of a big
+    cache would otherwise leave gigabytes behind each time."""
+    prefix = _temporary(target, 1).name.removesuffix("1")
+    for tmp in target.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = tmp.name.removeprefix(prefix)
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_file(path: Path, content: str | bytes) -> None:
@@ -43,6 +64,8 @@ def write_directory(target: Path, fill: Callable[[Path], object], replace: bool 
     concurrent writer (a node sharing the file system) and is kept. True if this call's content
     is what `target` now holds."""
     tmp = _temporary(target)
+    if target.parent.is_dir():
+        _remove_stale(target)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:

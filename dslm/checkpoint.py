@@ -181,9 +181,8 @@ def load_dir(found: Found, ds: dict[str, Any], world: int, say: Callable[[str], 
         return found.path.parent
     say(f"resuming a {found.state['world_size']}-rank checkpoint on {world} ranks: converting {found.path.name} to a "
         f"universal checkpoint")
-    if dist.is_main():
-        to_universal(found.path)
-    dist.barrier()
+    dist.from_rank0(f"universal/{found.path.name}", lambda: str(to_universal(found.path)),
+                    f"rank 0 to convert {found.path.name} to a universal checkpoint")
     ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
     return found.path / "universal"
 
@@ -255,8 +254,6 @@ class Checkpointer:
                 tokenizer.save_pretrained(str(tag_dir))
         except Exception as exc:  # torch.save reports a full disk as RuntimeError, the rest as OSError
             failure = exc
-        if os.environ.get("DSLM_TEST_KILL_AT_SAVE") == f"{step}:{dist.rank()}":
-            os.kill(os.getpid(), 9)  # fault injection for the tests: die between the shards and the commit
         self._commit(tag_dir, failure)
         self.last_seconds = time.perf_counter() - started
         return tag_dir
@@ -304,7 +301,7 @@ class Checkpointer:
             atomic.write_file(self.root / POINTER, tag_dir.name)
             self.last_size = sum(size for size, _ in files.values())
             self.rotate(step_of(tag_dir))
-        dist.barrier()
+        dist.wait_all(f"committed/{tag_dir.name}", f"rank 0 to commit {tag_dir.name} and rotate checkpoints")
 
     def _space_problem(self, tag_dir: Path) -> str | None:
         if self.last_size is None:
@@ -342,6 +339,8 @@ class Checkpointer:
         for t in ours:
             if t not in keep and step_of(t) != current:
                 atomic.remove(t)
+        for trash in self.root.glob(".trash-step-*"):  # left by a kill between a rename and its delete
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 def estimate_line(root: Path, n_params: int, mixed_precision: bool, limit: int | None) -> str:
@@ -349,6 +348,6 @@ def estimate_line(root: Path, n_params: int, mixed_precision: bool, limit: int |
     # fp32 weights + Adam's two moments (+ fp32 master weights under mixed precision)
     size = n_params * (4 + 8 + (4 if mixed_precision else 0))
     # A new checkpoint is written before rotation removes the oldest: K + 1 exist for a moment.
-    bound = (f"at most {limit} + 1 while saving = {(limit + 1) * size / 2**20:.1f} MiB (plus milestones)"
-             if limit else "no --save_total_limit: unbounded")
+    bound = (f"at most {limit} + 1 while saving = {(limit + 1) * size / 2**20:.1f} MiB (plus milestones, "
+             f"--save_total_limit {limit})" if limit else "--save_total_limit 0: every one kept, unbounded")
     return f"checkpoints: ~{size / 2**20:.1f} MiB each, {bound}, in {root}"

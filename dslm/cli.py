@@ -153,6 +153,18 @@ def main(argv: list[str] | None = None) -> None:
         if error is None or debug:
             raise
         _exit_with(error)
+    _exit_done()
+
+
+def _exit_done() -> None:
+    """A finished run leaves at once: everything is written and closed, and an interpreter shutdown with the
+    process group's threads still alive can abort (exit 250, "terminate called without an active
+    exception": seen on a run that had printed its summary), losing the exit status 0 the launcher reads."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _as_user_error(exc: Exception) -> DslmError | None:

@@ -105,7 +105,8 @@ class TrainConfig:
     logging_first_step: bool = _help("also log the first step (its time shows the time to first step)", False)
     eval_steps: int | None = _help("evaluate every N steps; evaluation also runs before and after training")
     save_steps: int = _help("save a sharded DeepSpeed checkpoint every N steps (0: only at the end)", 500)
-    save_total_limit: int | None = _help("keep only the newest N checkpoints (milestones aside); default: all")
+    save_total_limit: int = _help("keep only the newest N committed checkpoints (milestones aside) so the disk "
+                                  "never fills; 0 keeps every one (unbounded)", 2)
     save_milestone_steps: int | None = _help("also keep every checkpoint whose step is a multiple of N, forever")
     resume_from_checkpoint: str = _help("auto: continue from the newest good checkpoint in the output dir; "
                                         "a checkpoint path; or none: start fresh", "auto")
@@ -192,12 +193,13 @@ class RunConfig:
                 raise ConfigError(f"--{name} must be positive, got {value}")
         non_negative = {"weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
                         "warmup_steps": t.warmup_steps, "save_steps": t.save_steps,
-                        "dataloader_num_workers": t.dataloader_num_workers, "adam_epsilon": t.adam_epsilon}
+                        "dataloader_num_workers": t.dataloader_num_workers, "adam_epsilon": t.adam_epsilon,
+                        "save_total_limit": t.save_total_limit}
         for name, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"--{name} must be zero or positive, got {value}")
         for name in ("eval_steps", "max_train_samples", "max_eval_samples", "preprocessing_num_workers",
-                     "save_total_limit", "save_milestone_steps"):
+                     "save_milestone_steps"):
             value = getattr(t, name) if hasattr(t, name) else getattr(d, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"--{name} must be positive, got {value}")

@@ -70,6 +70,9 @@ def fill_launcher_env(env: MutableMapping[str, str]) -> None:
     env.setdefault("MASTER_PORT", "29500")
 
 
+TIMEOUT_MINUTES = [30.0]  # --dist_timeout, as init() set it: how often a rank waiting without a timeout says so
+
+
 def init(timeout_minutes: float = 30.0) -> None:
     """Join the launcher's process group, or make a one-rank group for a plain `dslm train`
     (`fill_launcher_env` first completes the variables it reads)."""
@@ -78,6 +81,7 @@ def init(timeout_minutes: float = 30.0) -> None:
 
     backend = "gloo" if get_accelerator().device_name() == "cpu" else None
     timeout = timedelta(minutes=timeout_minutes)
+    TIMEOUT_MINUTES[0] = timeout_minutes
     # DeepSpeed builds its data-parallel groups with new_group() and no timeout, and torch gives
     # such groups its module default (30 min), not the world group's: set that default too, or a
     # hung rank holds the others for 30 minutes whatever --dist_timeout says.
@@ -94,6 +98,12 @@ def init(timeout_minutes: float = 30.0) -> None:
     _unlink_shm_segment()
 
 
+def ranks_per_node(env: MutableMapping[str, str] = os.environ) -> int:
+    """How many ranks share this node: DeepSpeed's launcher says so in LOCAL_SIZE, torchrun and srun in
+    LOCAL_WORLD_SIZE; one where neither is set."""
+    return max(int(env.get("LOCAL_WORLD_SIZE") or env.get("LOCAL_SIZE") or 1), 1)
+
+
 def cpu_threads(env: MutableMapping[str, str]) -> int:
     """This rank's share of the cores it may run on.
 
@@ -102,8 +112,7 @@ def cpu_threads(env: MutableMapping[str, str]) -> int:
     cores: 2.1 s a step against 1.1 s with one thread each). DeepSpeed's launcher says how many
     ranks share the node in LOCAL_SIZE, torchrun and srun in LOCAL_WORLD_SIZE.
     """
-    local = int(env.get("LOCAL_WORLD_SIZE") or env.get("LOCAL_SIZE") or 1)
-    return max(1, len(os.sched_getaffinity(0)) // max(local, 1))
+    return max(1, len(os.sched_getaffinity(0)) // ranks_per_node(env))
 
 
 # DeepSpeed's CPU all-reduce maps one shared-memory segment per rank (/dev/shm, 66 MB each) when
@@ -138,12 +147,13 @@ def any_true(flag: bool) -> bool:
     """True on every rank when `flag` is true on any rank (a collective: every rank must call it)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=_comm_device())
+    t = torch.tensor([1.0 if flag else 0.0], device=comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
 
-def _comm_device() -> torch.device:
+def comm_device() -> torch.device:
+    """Where tensors for a collective live: the GPU for NCCL, the CPU for gloo."""
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
@@ -222,6 +232,70 @@ def broadcast(obj: Any) -> Any:
     return holder[0]
 
 
+# Long single-rank work (training a tokenizer, converting a checkpoint, an export) must not happen while
+# the other ranks sit in a collective: a collective fails after --dist_timeout, and the job would report
+# a healthy rank as hung. The waiting ranks poll the process group's key-value store instead: no
+# collective, no timeout; a rank that died takes the store's connection (and the wait) with it.
+POLL_S = 0.2
+
+
+def _store() -> Any:
+    from torch.distributed import distributed_c10d
+
+    return distributed_c10d._get_default_store()
+
+
+def _key(name: str) -> str:
+    # torchrun restarts a worker group against the same store: keys of an earlier attempt must not count.
+    return f"dslm/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{name}"
+
+
+def _waiting(what: str, started: float, said: float) -> float:
+    """A line from a waiting rank each --dist_timeout: it waits on purpose, not hung (and not silently)."""
+    now = time.monotonic()
+    if now - said >= TIMEOUT_MINUTES[0] * 60:
+        print(f"dslm: rank {rank()}: still waiting for {what} ({(now - started) / 60:.0f} min so far)", flush=True)
+        return now
+    return said
+
+
+def from_rank0(name: str, produce: Callable[[], Any], what: str) -> Any:
+    """`produce()` on rank 0; every rank gets its (picklable) result, or rank 0's ConfigError, without
+    waiting in a collective (see above)."""
+    import pickle
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return produce()
+    store, key = _store(), _key(name)
+    if rank() == 0:
+        try:
+            result: Any = ("ok", produce())
+        except ConfigError as exc:
+            result = ("error", str(exc))
+        store.set(key, pickle.dumps(result))
+    else:
+        started = said = time.monotonic()
+        while not store.check([key]):
+            said = _waiting(what, started, said)
+            time.sleep(POLL_S)
+        result = pickle.loads(store.get(key))
+    if result[0] == "error":
+        raise ConfigError(result[1])
+    return result[1]
+
+
+def wait_all(name: str, what: str) -> None:
+    """A barrier without a timeout, for after uneven work (a cache built on one node, an export on rank 0)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    store, key = _store(), _key(f"arrived/{name}")
+    store.add(key, 1)
+    started = said = time.monotonic()
+    while store.add(key, 0) < dist.get_world_size():
+        said = _waiting(what, started, said)
+        time.sleep(POLL_S)
+
+
 def build_once_per_node(target: Path, build: Callable[[Path], None], what: str) -> None:
     """Build `target` on local rank 0 while the node's other ranks wait on the file system.
 
@@ -248,4 +322,4 @@ def build_once_per_node(target: Path, build: Callable[[Path], None], what: str) 
                     raise ConfigError(error["message"])
                 raise RuntimeError(f"local rank 0 failed to build the {what}: {error['message']}")
             time.sleep(0.5)
-    barrier()
+    wait_all(f"built/{target.name}", f"the other nodes to build the {what}")

@@ -7,23 +7,17 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from datasets import Dataset
 
 from dslm.metrics import perplexity
-from dslm.objectives import Forward
+from dslm.objectives import Forward, Output
 
 
-def token_stats(logits: torch.Tensor, labels: torch.Tensor, objective: str) -> torch.Tensor:
+def token_stats(out: Output) -> torch.Tensor:
     """[summed loss, correct predictions, predicted tokens] of one batch."""
-    if objective == "clm":  # position t predicts token t + 1
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    logits = logits.float().flatten(0, 1)
-    labels = labels.flatten()
-    counted = labels != -100
-    loss = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
-    correct = ((logits.argmax(-1) == labels) & counted).sum()
-    return torch.stack([loss, correct.float(), counted.sum().float()])
+    counted = out.labels != -100
+    correct = ((out.logits.argmax(-1) == out.labels) & counted).sum()
+    return torch.stack([out.loss_sum, correct.float(), counted.sum().float()])
 
 
 @torch.no_grad()
@@ -51,9 +45,9 @@ def evaluate(model: Callable[..., Any], dataset: Dataset, collate: Callable, obj
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + b)
             batch = collate([dataset[i] for i in range(b * batch_size, min((b + 1) * batch_size, len(dataset)))])
-        _, logits, labels = forward(model, batch, device)
+        out = forward(model, batch, device)
         if counted:
-            totals += token_stats(logits, labels, objective).double()
+            totals += token_stats(out).double()
     if was_training:
         model.train()
     if dist.is_initialized():

@@ -152,4 +152,22 @@ def k8s(name: str, service: str, nodes: int, slots: int = 1, out: str | None = N
     _write([(f"{name}-{i}.{service}", slots) for i in range(nodes)], out)
 
 
-COMMANDS = {"check": check, "slurm": slurm, "k8s": k8s}
+def node(path: str, node_rank: int) -> None:
+    """Print `WORLD_SIZE FIRST_RANK SLOTS` of node NODE_RANK in a hostfile: what launch/node.sh starts.
+
+    Args:
+        path: the hostfile (the same on every node, node 0 first)
+        node_rank: this node's position in it, from 0
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"hostfile {path} not found: see hostfiles/README.md for the format")
+    hosts = parse(file.read_text(), source=path)
+    if not (isinstance(node_rank, int) and 0 <= node_rank < len(hosts)):
+        raise ConfigError(f"node rank {node_rank!r} is not one of the {len(hosts)} nodes in {path}: give 0 to "
+                          f"{len(hosts) - 1}")
+    slots = [n for _, n in hosts]
+    print(sum(slots), sum(slots[:node_rank]), slots[node_rank])
+
+
+COMMANDS = {"check": check, "slurm": slurm, "k8s": k8s, "node": node}

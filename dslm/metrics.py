@@ -51,34 +51,34 @@ def perplexity(loss: float) -> float:
 
 
 class Window:
-    """Loss, micro batches and tokens since the last log, summed on the device: read (and the ranks
-    summed) only at logging steps and saves, so the hot loop never waits for the device."""
+    """Summed token losses, label tokens and input tokens since the last log, on the device: read (and the
+    ranks summed) only at logging steps and saves, so the hot loop never waits for the device."""
 
     def __init__(self, device: torch.device) -> None:
-        # [summed loss, micro batches, tokens] of this rank; float64 counts tokens exactly past 2**24
+        # [summed loss, label tokens, input tokens] of this rank; float64 counts exactly past 2**24
         self.sums = torch.zeros(3, device=device, dtype=torch.float64)
         self.since = time.perf_counter()
 
     def add_tokens(self, n: int) -> None:
         self.sums[2] += n
 
-    def add_step(self, loss_sum: torch.Tensor, micro_batches: int) -> None:
+    def add_step(self, loss_sum: torch.Tensor, label_tokens: int) -> None:
         """An applied step: a skipped step's loss stays out of the logged mean."""
         self.sums[0] += loss_sum
-        self.sums[1] += micro_batches
+        self.sums[1] += label_tokens
 
     def unlogged_tokens(self) -> int:
-        """Tokens of every rank since the last log (a collective), without resetting the window."""
+        """Input tokens of every rank since the last log (a collective), without resetting the window."""
         tokens = self.sums[2].clone()
         dist.all_reduce(tokens)
         return int(tokens.item())
 
     def take(self) -> tuple[float | None, int, float]:
-        """(mean loss, or None when every step was skipped; tokens of every rank; seconds) since the last
-        take, then start a new window. A collective."""
+        """(the token-weighted mean loss, None when every step was skipped; input tokens of every rank;
+        seconds) since the last take, then start a new window. A collective."""
         dist.all_reduce(self.sums)
-        loss_sum, micro_batches, tokens = self.sums.tolist()
+        loss_sum, label_tokens, tokens = self.sums.tolist()
         now = time.perf_counter()
         seconds, self.since = now - self.since, now
         self.sums.zero_()
-        return (loss_sum / micro_batches if micro_batches else None), int(tokens), seconds
+        return (loss_sum / label_tokens if label_tokens else None), int(tokens), seconds

@@ -3,6 +3,8 @@ then built from that: a local or hub model to continue pretraining, or a config 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ class ModelSpec:
     config: PretrainedConfig
     overrides: dict[str, Any]  # parsed --config_overrides (from scratch)
     tokenizer: PreTrainedTokenizerBase | None  # None: trained on the corpus
+    n_params: int | None = None  # from the meta model; None for a hub id
     warnings: list[str] = field(default_factory=list)  # for rank 0 to print
 
 
@@ -58,15 +61,24 @@ def resolve(config: RunConfig) -> ModelSpec:
         model_config = config_from_scratch(family, overrides)
     fit_positions(model_config, config, overrides)
     if m.model_name_or_path:
-        model_checks.check_weights(m.model_name_or_path, model_config, objective)
+        n_params = model_checks.check_weights(m.model_name_or_path, model_config, objective)
     else:
-        model_checks.check_buildable(model_config, objective)
+        n_params = model_checks.check_buildable(model_config, objective)
     source = m.tokenizer_name or m.model_name_or_path
     tokenizer = tok.load(source, m.trust_remote_code) if source else None
-    spec = ModelSpec(family, objective, model_config, overrides, tokenizer,
+    spec = ModelSpec(family, objective, model_config, overrides, tokenizer, n_params,
                      [REMOTE_CODE_WARNING] if m.trust_remote_code else [])
     check_vocab(spec, config)
+    check_special_tokens(spec, source)
     return spec
+
+
+def check_special_tokens(spec: ModelSpec, source: str | None) -> None:
+    """MLM and PLM replace tokens with the mask token: a tokenizer without one cannot serve them."""
+    if spec.tokenizer is None or spec.objective == "clm" or spec.tokenizer.mask_token_id is not None:
+        return
+    raise ConfigError(f"the tokenizer {source} has no mask token, which --objective {spec.objective} needs: pass "
+                      f"--tokenizer_name DIR with one (e.g. the model's own), or train causally with --objective clm")
 
 
 def load_pretrained_config(path: str, trust_remote_code: bool) -> PretrainedConfig:
@@ -183,8 +195,27 @@ def check_vocab(spec: ModelSpec, config: RunConfig) -> None:
         raise model_checks.override_too_small(override, n_tokens)
 
 
+@contextlib.contextmanager
+def partitioned(ds: dict[str, Any]) -> Iterator[None]:
+    """Under ZeRO-3, transformers builds and loads models inside this block partitioned over the ranks
+    (DeepSpeed's zero.Init): no rank ever holds the whole model. Only inside: transformers keeps a weak
+    reference to the config, and a model built later on one rank alone (the export) must not partition
+    (a collective the other ranks are not in)."""
+    if int(ds.get("zero_optimization", {}).get("stage", 0)) != 3:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+
+    hf_ds_config = HfDeepSpeedConfig(ds)  # noqa: F841 - alive while the block runs
+    try:
+        yield
+    finally:
+        del hf_ds_config
+
+
 def build(config: RunConfig, spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:
-    """The model, on the CPU in fp32: loaded from its directory, or built from the config for `tokenizer`."""
+    """The model in fp32: loaded from its directory, or built from the config for `tokenizer`; partitioned
+    inside a `partitioned` block."""
     cls = objectives.auto_class(spec.objective)
     model_config = spec.config
     if spec.objective == "clm" and spec.family in objectives.families("mlm"):
@@ -192,8 +223,11 @@ def build(config: RunConfig, spec: ModelSpec, tokenizer: PreTrainedTokenizerBase
     if config.model.model_name_or_path:
         path = config.model.model_name_or_path
         try:
+            # In fp32 whatever the checkpoint's dtype: DeepSpeed casts to the precision its config asks for
+            # (a bf16 checkpoint loaded as saved would train an fp32 run in bf16).
             model, info = cls.from_pretrained(path, config=model_config, output_loading_info=True,
-                                              trust_remote_code=config.model.trust_remote_code)
+                                              trust_remote_code=config.model.trust_remote_code,
+                                              dtype=torch.float32)
         except (OSError, ValueError, RuntimeError) as exc:
             if "ignore_mismatched_sizes" in str(exc):
                 raise ConfigError(f"--model_name_or_path {path}: the weights' shapes do not fit config.json: restore "
@@ -211,10 +245,8 @@ def build(config: RunConfig, spec: ModelSpec, tokenizer: PreTrainedTokenizerBase
     if override is not None and override < len(tokenizer):
         raise model_checks.override_too_small(override, len(tokenizer))
     model_config.vocab_size = max(override or 0, len(tokenizer))  # a larger table (e.g. a multiple of 64) is kept
-    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        token_id = getattr(tokenizer, name)
-        if token_id is not None and hasattr(model_config, name):
-            setattr(model_config, name, token_id)
+    for name, token_id in tok.config_ids(tokenizer, model_config).items():
+        setattr(model_config, name, token_id)
     if spec.family in PADDING_OFFSET_FAMILIES:
         model_config.pad_token_id = tokenizer.pad_token_id
     try:

@@ -41,8 +41,9 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 
 
-def check_weights(path: str, model_config: PretrainedConfig, objective: str) -> None:
-    """A local model directory has weights, and its config.json describes their shapes.
+def check_weights(path: str, model_config: PretrainedConfig, objective: str) -> int | None:
+    """A local model directory has weights, and its config.json describes their shapes; its parameter
+    count (None for a hub id).
 
     transformers re-initializes a tensor whose shape differs from the config (or raises after
     loading everything); reading the safetensors headers finds the mismatch before any work.
@@ -70,7 +71,7 @@ def check_weights(path: str, model_config: PretrainedConfig, objective: str) -> 
             raise ConfigError(f"--model_name_or_path {path}: weight {key} has shape {list(shape)} but config.json "
                               f"makes it {list(expected[name])}: the config does not match the weights; restore the "
                               f"model's own config.json")
-    check_memory(sum(p.numel() for p in meta.parameters()))
+    return sum(p.numel() for p in meta.parameters())
 
 
 def safetensors_shapes(root: Path) -> dict[str, tuple[int, ...]]:
@@ -136,7 +137,7 @@ def check_buildable(model_config: PretrainedConfig, objective: str) -> None:
     if empty:  # builds, then fails at the first forward pass (an index into an empty table)
         raise ConfigError(f"--config_overrides makes {empty[0]} empty (shape {list(empty[1])}): a size is 0; make it "
                           f"positive")
-    check_memory(sum(p.numel() for p in meta.parameters()))
+    return sum(p.numel() for p in meta.parameters())
 
 
 def meta_model(model_config: PretrainedConfig, objective: str) -> torch.nn.Module:
@@ -145,9 +146,16 @@ def meta_model(model_config: PretrainedConfig, objective: str) -> torch.nn.Modul
         return objectives.auto_class(objective).from_config(copy.deepcopy(model_config))
 
 
-def check_memory(n_params: int) -> None:
-    """The model is first built whole in fp32 on the CPU: refuse one that cannot fit there."""
-    need, have = n_params * 4, psutil.virtual_memory().total
-    if need > have:
-        raise ConfigError(f"the model has {n_params / 1e9:.1f}B parameters ({need / 2**30:.0f} GiB in fp32), more than "
-                          f"this machine's {have / 2**30:.0f} GiB of memory: make it smaller with --config_overrides")
+def check_memory(n_params: int, ranks_per_node: int, partitioned: bool) -> None:
+    """Each rank of the node first holds the model in fp32 on the CPU, whole, or (ZeRO-3, built partitioned)
+    its share: refuse a model the node's memory cannot hold that way."""
+    copies = 1 if partitioned else ranks_per_node
+    need, have = n_params * 4 * copies, psutil.virtual_memory().total
+    if need <= have:
+        return
+    how = ("split over the node's ranks (ZeRO-3)" if partitioned else
+           f"one copy on each of the node's {ranks_per_node} rank(s)")
+    fix = "" if partitioned else ", or build it partitioned with a ZeRO-3 config (--deepspeed zero3)"
+    raise ConfigError(f"the model has {n_params / 1e9:.1f}B parameters, {n_params * 4 / 2**30:.1f} GiB in fp32, "
+                      f"{how}: {need / 2**30:.0f} GiB, more than this machine's {have / 2**30:.0f} GiB of memory: "
+                      f"make it smaller with --config_overrides{fix}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers import (
     DataCollatorForLanguageModeling,
     DataCollatorForPermutationLanguageModeling,
@@ -18,7 +20,8 @@ from transformers.models.auto.modeling_auto import (
 from dslm.config import ObjectiveConfig
 from dslm.errors import ConfigError
 
-TESTED = {"mlm": ("bert", "roberta", "distilbert"), "clm": ("gpt2",), "plm": ("xlnet",)}
+TESTED = {"mlm": ("bert", "roberta", "distilbert", "modernbert"), "clm": ("gpt2", "llama", "qwen2", "mistral"),
+          "plm": ("xlnet",)}
 
 
 def families(objective: str) -> set[str]:
@@ -53,58 +56,96 @@ def auto_class(objective: str) -> Any:
 PAD_MULTIPLE = 8  # tensor-core friendly, and even as XLNet's permutation masks require
 
 
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id padding carries. GPT-2, Llama and Mistral as published have no pad token: any id the embedding
+    has a row for serves, since padding is masked out of attention and labels by position, and taking one
+    of theirs does not grow the vocabulary (or change the tokenizer that is saved with the model)."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id,
+                     tokenizer.bos_token_id):
+        if token_id is not None:
+            return token_id
+    return 0
+
+
 class Collator:
-    """Pad examples to a common length, then let the transformers collator mask them."""
+    """Pad examples to a common length, then mask them for the objective (transformers' masking).
+
+    The padding is dslm's own (right side, to a multiple of 8, even for XLNet) with `pad_id`, so a
+    tokenizer without a pad token works, and the masking is called on the padded tensors directly:
+    transformers' collators would pad through the tokenizer again and refuse one without a pad token.
+    """
 
     def __init__(self, objective: str, tokenizer: PreTrainedTokenizerBase, cfg: ObjectiveConfig) -> None:
         self.objective = objective
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad_id(tokenizer)
+        self.masker: Any = None
         if objective == "plm":
-            self.inner = DataCollatorForPermutationLanguageModeling(
+            self.masker = DataCollatorForPermutationLanguageModeling(
                 tokenizer, plm_probability=cfg.plm_probability, max_span_length=cfg.max_span_length)
-        else:
-            wwm = cfg.whole_word_mask and objective == "mlm"
+        elif objective == "mlm":
             # Whole-word masking cannot swap in random tokens: transformers would warn and use [MASK] only.
+            wwm = cfg.whole_word_mask
             replace = {"mask_replace_prob": 1.0, "random_replace_prob": 0.0} if wwm else {}
-            self.inner = DataCollatorForLanguageModeling(
-                tokenizer, mlm=objective == "mlm", mlm_probability=cfg.mlm_probability, whole_word_mask=wwm,
-                **replace)
+            self.masker = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=cfg.mlm_probability,
+                                                          whole_word_mask=wwm, **replace)
+
+    def width(self, lengths: list[int]) -> int:
+        longest = max(lengths)
+        if min(lengths) == longest and (self.objective != "plm" or longest % 2 == 0):
+            return longest  # packed blocks, all one length already
+        return -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
 
     def __call__(self, examples: list[dict[str, list]]) -> dict[str, torch.Tensor]:
         lengths = [len(e["input_ids"]) for e in examples]
-        longest = max(lengths)
-        # Packed blocks are all one length already; only line_by_line batches need padding.
-        width = longest if min(lengths) == longest else -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
+        width = self.width(lengths)
         fill = {"input_ids": self.pad_id, "special_tokens_mask": 1, "offset_mapping": [0, 0]}
-        padded = [{k: list(v) + [fill[k]] * (width - n) for k, v in e.items()}
-                  for e, n in zip(examples, lengths, strict=True)]
+        padded = {k: torch.tensor([list(e[k]) + [fill[k]] * (width - n)
+                                   for e, n in zip(examples, lengths, strict=True)]) for k in examples[0]}
         mask = torch.tensor([[1] * n + [0] * (width - n) for n in lengths])
-        # The permutation collator reads input_ids only.
-        batch = self.inner([e["input_ids"] for e in padded] if self.objective == "plm" else padded)
-        batch.pop("attention_mask", None)
-        batch.pop("token_type_ids", None)
+        input_ids = padded["input_ids"]
         if self.objective == "clm":
             # Padding may reuse EOS as its id, so padding is told apart by position, not by id.
-            batch["labels"] = batch["input_ids"].masked_fill(mask == 0, -100)
-        batch["attention_mask"] = mask  # all ones when packed; models warn without it
-        return batch
+            return {"input_ids": input_ids, "labels": input_ids.masked_fill(mask == 0, -100), "attention_mask": mask}
+        if self.objective == "plm":
+            input_ids, perm_mask, target_mapping, labels = self.masker.torch_mask_tokens(input_ids)
+            return {"input_ids": input_ids, "perm_mask": perm_mask, "target_mapping": target_mapping,
+                    "labels": labels, "attention_mask": mask}
+        input_ids, labels = self.masker.torch_mask_tokens(input_ids, special_tokens_mask=padded["special_tokens_mask"],
+                                                           offset_mapping=padded.get("offset_mapping"))
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
 
 
 # Where each MLM family's prediction head begins. Fed only the positions that carry a label (15%),
 # the head (a vocabulary-wide matmul and softmax per position: a third of a small BERT's FLOPs)
-# costs a sixth as much, and the loss is the same mean over the same positions.
+# costs a sixth as much, and the loss is the same sum over the same positions.
 MLM_HEADS = {"bert": "cls", "roberta": "lm_head", "xlm-roberta": "lm_head", "camembert": "lm_head",
              "distilbert": "vocab_transform"}
 
 
-class Forward:
-    """batch -> (loss, logits, labels), with logits and labels aligned for every objective.
+def label_tokens(batch: dict[str, torch.Tensor], objective: str) -> int:
+    """How many token losses a batch contributes: read from the CPU copy of its labels, before any device."""
+    labels = batch["labels"][:, 1:] if objective == "clm" else batch["labels"]  # clm: position t predicts t + 1
+    return int((labels != -100).sum())
 
-    For the MLM families above, a hook on the head's first module hands it the labelled positions
-    only; the index is built on the CPU copy of the labels, so the device never has to sync.
+
+@dataclass
+class Output:
+    loss_sum: torch.Tensor  # fp32: the sum of the batch's per-token losses, not their mean
+    logits: torch.Tensor  # aligned with `labels`, one row per predicted position
+    labels: torch.Tensor
+
+
+class Forward:
+    """batch -> the summed token losses, with logits and labels aligned for every objective.
+
+    The loss is a sum so that the training step can divide by the label tokens of the whole step
+    (every micro batch, every rank), not average per micro batch. For the MLM families above, a
+    hook on the head's first module hands it the labelled positions only; the index is built on
+    the CPU copy of the labels, so the device never has to sync.
     """
 
     def __init__(self, model: torch.nn.Module, objective: str, sparse: bool = True) -> None:
+        self.objective = objective
         head = MLM_HEADS.get(model.config.model_type) if objective == "mlm" and sparse else None
         self.sparse = head is not None
         self.index: torch.Tensor | None = None  # set only during a sparse forward
@@ -116,20 +157,23 @@ class Forward:
             return None  # a plain call of the model: the whole sequence
         return (args[0].flatten(0, 1).index_select(0, self.index).unsqueeze(0), *args[1:])
 
-    def __call__(self, model: Any, batch: dict[str, torch.Tensor],
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if not self.sparse:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            out = model(**batch)
-            return out.loss, out.logits, batch["labels"]
+    def __call__(self, model: Any, batch: dict[str, torch.Tensor], device: torch.device) -> Output:
         batch = dict(batch)
-        flat = batch.pop("labels").flatten()
-        index = (flat != -100).nonzero().squeeze(1)
-        labels = flat[index].to(device, non_blocking=True)
-        self.index = index.to(device, non_blocking=True)
-        try:
-            logits = model(**{k: v.to(device, non_blocking=True) for k, v in batch.items()}).logits
-        finally:
-            self.index = None
-        loss = torch.nn.functional.cross_entropy(logits[0].float(), labels)
-        return loss, logits, labels
+        labels = batch.pop("labels")  # the loss is computed here: the model's own would be a mean
+        inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        if self.sparse:
+            flat = labels.flatten()
+            index = (flat != -100).nonzero().squeeze(1)
+            labels = flat[index].unsqueeze(0)
+            self.index = index.to(device, non_blocking=True)
+            try:
+                logits = model(**inputs).logits
+            finally:
+                self.index = None
+        else:
+            logits = model(**inputs).logits
+            if self.objective == "clm":
+                logits, labels = logits[:, :-1], labels[:, 1:]
+        labels = labels.to(device, non_blocking=True)
+        loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+        return Output(loss_sum, logits, labels)

@@ -8,9 +8,11 @@ from typing import Any
 
 MASK = "***"
 SECRET_NAME = re.compile(r"(api[_-]?key|(^|_)token$|secret|passw(or)?d|credential|(^|_)auth($|_))", re.IGNORECASE)
-# Shapes of well-known credentials: W&B keys (40 hex, or a prefixed v1 key), HF tokens, bearer tokens.
-SECRET_SHAPE = re.compile(r"\b([0-9a-f]{40}|[a-z0-9_-]*v1_[A-Za-z0-9_-]{20,}|hf_[A-Za-z0-9]{20,}|"
-                          r"sk-[A-Za-z0-9_-]{20,})\b")
+# Shapes that only credentials have: W&B's prefixed v1 keys, HF tokens, OpenAI-style keys. A bare 40-hex
+# string is not one of them: W&B's legacy keys have that shape, but so do git commit ids and Hugging Face
+# snapshot hashes, which must survive; a W&B key is caught by name (WANDB_API_KEY's value, an api_key field).
+SECRET_SHAPE = re.compile(r"\b([a-z0-9_-]*v1_[A-Za-z0-9_-]{20,}|hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,})\b")
+URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)[^/\s@]+(@)", re.IGNORECASE)  # scheme://user:PASSWORD@
 
 
 def secret_values() -> list[str]:
@@ -21,7 +23,7 @@ def secret_values() -> list[str]:
 def text(value: str, secrets: list[str] | None = None) -> str:
     for secret in secrets if secrets is not None else secret_values():
         value = value.replace(secret, MASK)
-    return SECRET_SHAPE.sub(MASK, value)
+    return URL_PASSWORD.sub(rf"\g<1>{MASK}\g<2>", SECRET_SHAPE.sub(MASK, value))
 
 
 def redact(obj: Any, secrets: list[str] | None = None) -> Any:

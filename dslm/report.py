@@ -7,6 +7,7 @@ one output that does not come through here (the CLI prints them, on whichever ra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -16,6 +17,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from dslm import atomic
+from dslm.errors import first_line
 from dslm.trackers import WandbRun
 
 
@@ -68,14 +70,9 @@ class Reporter:
         """A resumed run logs from `step` on: drop what the interrupted run logged after its checkpoint."""
         if not self.enabled or not self.metrics.exists():
             return
-        kept = []
-        for line in self.metrics.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= step:
-                    kept.append(line)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                pass  # a line torn by the kill
-        atomic.write_file(self.metrics, "".join(f"{row}\n" for row in kept))
+        kept = [row for row in self._rows() if isinstance(row, dict) and isinstance(row.get("step"), int)
+                and row["step"] <= step]
+        atomic.write_file(self.metrics, "".join(json.dumps(row) + "\n" for row in kept))
 
     def log(self, step: int, figures: dict[str, Any]) -> None:
         if "train/loss" in figures:
@@ -112,13 +109,39 @@ class Reporter:
 
     def _flush(self) -> None:
         if self.wandb is not None and self.pending:
-            self.wandb.log(self.pending_step, self.pending)
+            try:
+                self.wandb.log(self.pending_step, self.pending)
+            except Exception as exc:  # any failure of W&B's service process
+                self._wandb_lost(exc)
         self.pending, self.pending_step = {}, None
+
+    def _wandb_lost(self, exc: Exception) -> None:
+        """W&B's service process gone (a job's SIGTERM reaches it too: preemption, a SLURM time limit) must not
+        end the training or its checkpoint: the run goes on without it."""
+        self.wandb = None
+        self.warn(f"W&B stopped ({type(exc).__name__}: {first_line(exc)}); the run goes on, and metrics.jsonl has "
+                  f"every figure")
 
     # ---- the end
     def results(self) -> dict[str, Any]:
         """The results.json of a run that finished before (an "already trained" restart)."""
         return json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
+
+    def _rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for line in self.metrics.read_text().splitlines() if self.metrics.exists() else []:
+            with contextlib.suppress(json.JSONDecodeError):  # a line torn by a kill
+                rows.append(json.loads(line))
+        return rows
+
+    def logged(self, key: str) -> Any:
+        """The last value of `key` in metrics.jsonl (rank 0), or None."""
+        return next((row[key] for row in reversed(self._rows()) if row.get(key) is not None), None)
+
+    def logged_eval(self, step: int) -> dict[str, float]:
+        """The eval figures logged at `step` (rank 0), or {}."""
+        return {k: v for row in self._rows() if row.get("step") == step for k, v in row.items()
+                if k.startswith("eval/")}
 
     def finished(self, results: dict[str, Any], final_dir: Path) -> None:
         """results.json and the closing summary line."""
@@ -128,7 +151,9 @@ class Reporter:
         train, before, after = results["train"], results["eval_before"], results["eval"]
         seconds = train["runtime_s"]
         skipped = f", {train['skipped_steps']} skipped for inf/NaN" if train["skipped_steps"] else ""
-        summary = f"done: {train['steps']} steps{skipped} in {seconds:.0f}s ({train['tokens'] / seconds:.0f} tokens/s)"
+        summary = f"done: {train['steps']} steps{skipped}"
+        if seconds:
+            summary += f" in {seconds:.0f}s ({train['tokens'] / seconds:.0f} tokens/s)"
         if before and after:
             summary += (f"; eval perplexity {before['eval/perplexity']:.2f} -> {after['eval/perplexity']:.2f}, "
                         f"accuracy {before['eval/accuracy']:.3f} -> {after['eval/accuracy']:.3f}")
@@ -141,5 +166,8 @@ class Reporter:
         self.end_progress()
         self._flush()
         if self.wandb is not None:
-            self.wandb.finish(exit_code)
+            try:
+                self.wandb.finish(exit_code)
+            except Exception as exc:  # any failure of W&B's service process
+                self._wandb_lost(exc)
             self.wandb = None

@@ -5,23 +5,92 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from dslm import atomic, dist
 from dslm.errors import ConfigError, first_line
 
-# Each family's own tokenizer class knows its algorithm (WordPiece, byte-level BPE, Unigram) and
-# special tokens; `train_new_from_iterator` retrains it on our corpus with the same pipeline.
-FAMILY_TOKENIZERS = {
-    "bert": "BertTokenizer",
-    "distilbert": "DistilBertTokenizer",
-    "roberta": "RobertaTokenizer",
-    "gpt2": "GPT2Tokenizer",
-    "xlnet": "XLNetTokenizer",
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of tokenizer dslm trains. `make()` builds it with no vocabulary: the pipeline (normalizer,
+    pre-tokenizer, model type, decoder, post-processor) and the special tokens; `train_new_from_iterator`
+    then learns the vocabulary from the corpus and keeps the rest."""
+
+    name: str  # a transformers tokenizer class, or a builder in BUILDERS
+    options: dict[str, Any] = field(default_factory=dict)  # keywords for the constructor
+    pad_is_eos: bool = False  # GPT-2 has no pad token; dslm has always given it end-of-text
+    sentencepiece: bool = False  # Llama's BPE with byte fallback: see `train`
+
+    def make(self) -> PreTrainedTokenizerBase:
+        import transformers
+
+        return (BUILDERS.get(self.name) or getattr(transformers, self.name))(**self.options)
+
+
+def modernbert(**options: Any) -> PreTrainedTokenizerBase:
+    """ModernBERT's convention (answerdotai/ModernBERT-*): byte-level BPE with [UNK] [CLS] [SEP] [PAD] [MASK],
+    "[CLS] text [SEP]" per sequence, no token_type_ids. transformers 5.24 has no class for it (it maps
+    modernbert to the generic TokenizersBackend, which cannot be built empty), so the pipeline is built
+    here. The offsets are trimmed of their leading space, as RoBERTa's are: whole-word masking finds
+    words by the gaps between offsets."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    specials = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]  # ids 0-4 before and after training
+    # [MASK] takes the space before it, as RoBERTa's <mask> does: "a [MASK]" masks the word after "a".
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False, lstrip=t == "[MASK]") for t in specials])
+    backend.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=True),
+        processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                      special_tokens=[("[CLS]", 1), ("[SEP]", 2)]),
+    ])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+                                   pad_token="[PAD]", mask_token="[MASK]",
+                                   model_input_names=["input_ids", "attention_mask"], **options)
+
+
+BUILDERS: dict[str, Callable[..., PreTrainedTokenizerBase]] = {"modernbert": modernbert}
+
+# Llama and Mistral (v0.1-v0.3 on the hub name LlamaTokenizer too): BPE with byte fallback, <unk> <s> </s>,
+# BOS added to every sequence, no pad token. LlamaTokenizer() from scratch adds no BOS in transformers
+# 5.24 (its docstring says it does): asked for explicitly.
+LLAMA = Kind("LlamaTokenizer", {"add_bos_token": True}, sentencepiece=True)
+# Qwen2/Qwen3: byte-level BPE behind Qwen's pre-tokenizer regex, <|endoftext|> as eos, pad and unk, no BOS.
+QWEN = Kind("Qwen2Tokenizer")
+
+# Families whose own kind dslm trains, each checked in tests/test_tokenizer*.py.
+FAMILY_TOKENIZERS: dict[str, Kind] = {
+    "bert": Kind("BertTokenizer"),
+    "distilbert": Kind("DistilBertTokenizer"),
+    "roberta": Kind("RobertaTokenizer"),
+    "gpt2": Kind("GPT2Tokenizer", pad_is_eos=True),
+    "xlnet": Kind("XLNetTokenizer"),
+    "llama": LLAMA,
+    "mistral": LLAMA,
+    "mixtral": LLAMA,
+    "qwen2": QWEN,
+    "qwen2_moe": QWEN,
+    "qwen3": QWEN,
+    "qwen3_moe": QWEN,
+    "gpt_neox": Kind("GPTNeoXTokenizer"),  # GPT-2's byte-level BPE, <|endoftext|>, and <|padding|> as pad
+    "modernbert": Kind("modernbert"),
 }
+# Any other family: GPT-2's kind for a causal model (byte-level BPE, <|endoftext|> as bos, eos and unk, no
+# pad), BERT's for an encoder (WordPiece, [PAD] [UNK] [CLS] [SEP] [MASK]) without token_type_ids, which
+# single texts do not need and not every encoder's forward takes.
+CAUSAL = Kind("GPT2Tokenizer")
+MASKED = Kind("BertTokenizer", {"model_input_names": ["input_ids", "attention_mask"]})
+BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
 
 
 def load(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -40,53 +109,115 @@ def cache_root(cache_dir: str | None) -> Path:
 
 
 def train_once(directory: Path, family: str, vocab_size: int, texts: Callable[[], list[str]],
-               overwrite: bool) -> PreTrainedTokenizerBase:
+               overwrite: bool, objective: str | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer trained on `texts()` and kept in `directory`, the same on every rank.
 
     WordPiece training breaks ties between merges in hash order, so two trainings on one corpus
-    can differ: one rank trains and every node receives its files, and the result is kept per
-    corpus so that later runs reuse it.
+    can differ: rank 0 trains, every node receives its files, and the result is kept per corpus so
+    that later runs reuse it. The other ranks wait for it outside any collective: on a big corpus
+    training takes longer than --dist_timeout.
     """
     if overwrite and dist.local_rank() == 0 and directory.exists():
         atomic.remove(directory)
     dist.barrier()
-    files: dict[str, bytes] | tuple[str, str] | None = None
-    if dist.rank() == 0:
-        try:
-            if not directory.exists():
-                corpus = texts()
-                trained = train(family, (corpus[i:i + 1000] for i in range(0, len(corpus), 1000)), vocab_size)
-                atomic.write_directory(directory, lambda tmp: trained.save_pretrained(str(tmp)))
-            files = {p.name: p.read_bytes() for p in directory.iterdir()}
-        except ConfigError as exc:  # bad input: every rank stops with the same one line
-            files = ("error", str(exc))
-    files = dist.broadcast(files)
-    if isinstance(files, tuple):
-        raise ConfigError(files[1])
+
+    def trained_files() -> dict[str, bytes]:
+        if not directory.exists():
+            corpus = texts()
+            batches = (corpus[i:i + 1000] for i in range(0, len(corpus), 1000))
+            trained = train(family, batches, vocab_size, objective)
+            atomic.write_directory(directory, lambda tmp: trained.save_pretrained(str(tmp)))
+        return {p.name: p.read_bytes() for p in directory.iterdir()}
+
+    files = dist.from_rank0(f"tokenizer/{directory.name}", trained_files, "rank 0 to train the tokenizer")
     if dist.local_rank() == 0 and not directory.exists():
         atomic.write_directory(directory, lambda tmp: [(tmp / n).write_bytes(b) for n, b in files.items()])
-    dist.barrier()
+    dist.wait_all(f"tokenizer/{directory.name}", "each node to store the tokenizer")
     return load(str(directory))
 
+def kind_for(family: str, objective: str | None = None) -> Kind:
+    """The kind of tokenizer `train` gives a model family: its own where dslm knows it, else one chosen by
+    what the family is. An encoder (a family with a masked-LM head) gets BERT's kind for any objective, as
+    BERT does: its model code expects a pad token of its own, and the kind then does not depend on the
+    objective. Any other family gets GPT-2's kind; XLNet's permutation LM has no generic kind."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-def train(family: str, texts: Iterator[list[str]], vocab_size: int) -> PreTrainedTokenizerBase:
-    """A tokenizer of the family's kind, trained on `texts`, with ids that do not depend on chance."""
-    import tempfile
+    if family in FAMILY_TOKENIZERS:
+        return FAMILY_TOKENIZERS[family]
+    if objective == "plm":
+        raise ConfigError(f"dslm trains a tokenizer for --objective plm only for xlnet (got model type {family!r}): "
+                          f"pass --tokenizer_name DIR")
+    return MASKED if objective == "mlm" or family in MODEL_FOR_MASKED_LM_MAPPING_NAMES else CAUSAL
 
-    import transformers
 
-    if family not in FAMILY_TOKENIZERS:
-        raise ConfigError(f"dslm cannot train a tokenizer for model type {family!r} (it can for "
-                          f"{', '.join(FAMILY_TOKENIZERS)}): pass --tokenizer_name DIR")
-    base = getattr(transformers, FAMILY_TOKENIZERS[family])()
+def train(family: str, texts: Iterable[list[str]], vocab_size: int,
+          objective: str | None = None) -> PreTrainedTokenizerBase:
+    """A tokenizer of the family's kind (`kind_for`; `objective` None: the family's usual one) trained on
+    the batches of `texts`, about `vocab_size` tokens, with ids that do not depend on chance."""
+    kind = kind_for(family, objective)
+    base = kind.make()
+    whole_text = base.backend_tokenizer.pre_tokenizer  # Llama's: Metaspace(split=False)
+    if kind.sentencepiece:
+        # SentencePiece learns pieces inside words (split_by_whitespace), but Llama's pre-tokenizer keeps the
+        # text whole: trained as it is, BPE would merge across words ("in▁the▁") and count each document as
+        # one word. So it learns from words; whole texts then encode to the same pieces.
+        from tokenizers import pre_tokenizers
+
+        base.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=True)
+        vocab_size = max(vocab_size - len(BYTE_TOKENS), 0)  # room for the byte tokens
     trained = base.train_new_from_iterator(texts, vocab_size=vocab_size)
-    if trained.pad_token is None:  # GPT-2 has none; padding reuses end-of-text, masked by attention_mask
+    if kind.sentencepiece:
+        trained.backend_tokenizer.pre_tokenizer = whole_text
+    if kind.pad_is_eos:  # padding reuses end-of-text, masked by attention_mask
         trained.pad_token = trained.eos_token
     with tempfile.TemporaryDirectory() as tmp:
         trained.save_pretrained(tmp)
         path = Path(tmp) / "tokenizer.json"
-        path.write_text(json.dumps(canonical_ids(json.loads(path.read_text()))))
+        spec = json.loads(path.read_text())
+        if kind.sentencepiece:
+            spec = with_byte_tokens(spec)
+        path.write_text(json.dumps(canonical_ids(spec)))
         return AutoTokenizer.from_pretrained(tmp)
+
+
+def with_byte_tokens(spec: dict) -> dict:
+    """Give a byte-fallback BPE its 256 byte tokens <0x00>..<0xFF>, right after the special tokens as in
+    Llama's vocabulary. The BPE trainer does not add them, and without them a character never seen in
+    training falls back to <unk> instead of its UTF-8 bytes."""
+    vocab = spec["model"]["vocab"]
+    first = len(spec["added_tokens"])
+    if sorted(t["id"] for t in spec["added_tokens"]) != list(range(first)):
+        raise ValueError("the special tokens must come first in the vocabulary")
+    ordered = sorted(vocab, key=vocab.__getitem__)
+    learned = [tok for tok in ordered[first:] if tok not in BYTE_TOKENS]
+    spec["model"]["vocab"] = {tok: i for i, tok in enumerate(ordered[:first] + BYTE_TOKENS + learned)}
+    return spec
+
+
+CONFIG_TOKENS = ("pad", "bos", "eos", "cls", "sep", "mask", "unk")
+
+
+def config_ids(tokenizer: PreTrainedTokenizerBase, model_config: Any) -> dict[str, int | None]:
+    """The special-token ids to set in a model config built from scratch for `tokenizer`.
+
+    A config from scratch carries the defaults of the real checkpoint's vocabulary (Llama's bos 1 / eos 2,
+    ModernBERT's cls/sep 50281/50282, Phi-3's pad 32000), which mean nothing in a small vocabulary trained
+    here, or point past it. For each `<name>_token_id` the config has: the tokenizer's id for that token,
+    or None where the tokenizer has no such token. The pad id is also None where the pad token is another
+    special token (GPT-2's and Qwen2's end-of-text): models built with `padding_idx` = pad id zero that
+    row and never train it, which would freeze the end-of-text embedding; padding is masked by
+    attention_mask anyway.
+    """
+    ids: dict[str, int | None] = {}
+    for name in CONFIG_TOKENS:
+        attribute = f"{name}_token_id"
+        if hasattr(model_config, attribute):
+            ids[attribute] = getattr(tokenizer, attribute)
+    if "pad_token_id" in ids and tokenizer.pad_token_id is not None:
+        others = {getattr(tokenizer, f"{name}_token_id") for name in CONFIG_TOKENS if name != "pad"}
+        if tokenizer.pad_token_id in others:
+            ids["pad_token_id"] = None
+    return ids
 
 
 def canonical_ids(spec: dict) -> dict:

@@ -10,6 +10,20 @@ from pathlib import Path
 from typing import Any
 
 from dslm import redact
+from dslm.errors import ConfigError
+
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "shared", "run")
+
+
+def check_environment() -> None:
+    """WANDB_MODE as wandb will read it: set but empty counts as unset (wandb itself would fail on it), and
+    a value wandb does not know is refused now, in one line, not as wandb's traceback after the data is
+    prepared."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode == "":
+        del os.environ["WANDB_MODE"]
+    elif mode is not None and mode not in WANDB_MODES:
+        raise ConfigError(f"WANDB_MODE={mode!r} is not a W&B mode: set online, offline or disabled, or unset it")
 
 
 def wandb_mode() -> str:

@@ -4,7 +4,6 @@ then one flat loop of step / log / eval / save, then the final eval and export."
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -16,7 +15,20 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from dslm import checkpoint, dist, ds_config, engine, metrics, model, nonfinite, objectives, outdir, redact, trackers
+from dslm import (
+    checkpoint,
+    dist,
+    ds_config,
+    engine,
+    metrics,
+    model,
+    model_checks,
+    nonfinite,
+    objectives,
+    outdir,
+    redact,
+    trackers,
+)
 from dslm import schedule as schedules
 from dslm import tokenizer as tok
 from dslm.checkpoint import Checkpointer, Checkpoints
@@ -28,6 +40,7 @@ from dslm.export import export
 from dslm.progress import Progress
 from dslm.report import Reporter
 from dslm.schedule import Schedule
+from dslm.step import train_step
 
 
 @dataclass
@@ -38,6 +51,8 @@ class Start:
     ds: dict[str, Any]  # resolved; an epoch-based run's scheduler step counts wait for the data
     ds_source: str
     on_cpu: bool
+    fingerprint: str  # the run's identity: its checkpoints and its output directory are recognised by it
+    rerun: bool  # the output directory holds this same run, stopped before it committed a checkpoint
 
 
 @dataclass
@@ -59,24 +74,20 @@ class Parts:
     facts: dict[str, Any]  # world size, nodes, ZeRO stage, model, data: for the state, W&B and results
 
 
-def run_fingerprint(config: RunConfig, objective: str, family: str, data_fingerprint: str) -> str:
-    """What makes checkpoints belong to this run: model, objective, data content and seed; not step
-    counts, paths, file times or a retrained tokenizer, so a restarted pod still finds its run."""
-    m = config.model
-    key = [objective, family, m.model_name_or_path, m.config_overrides, data_fingerprint, config.train.seed]
-    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
-
-
 def check(config: RunConfig, reporter: Reporter) -> Start:
     """Everything that can be checked cheaply, before the process group or any output exists (the
     launcher's variables completed first: `dist.fill_launcher_env`)."""
     t = config.train
+    if config.logging.report_to != "none":
+        trackers.check_environment()
     spec = model.resolve(config)
     for warning in spec.warnings:
         reporter.say(warning, file=sys.stderr)
     ds_source = str(ds_config.locate(t.deepspeed))
     ds_raw = ds_config.load(t.deepspeed)
-    outdir.check(config)
+    fingerprint = outdir.run_fingerprint(config, spec.objective, spec.family, sources.content_fingerprint(config.data))
+    outdir.check(config, fingerprint)
+    rerun = outdir.identity(Path(t.output_dir)) == fingerprint
     from deepspeed.accelerator import get_accelerator
 
     on_cpu = get_accelerator().device_name() == "cpu"
@@ -87,7 +98,9 @@ def check(config: RunConfig, reporter: Reporter) -> Start:
                            hidden_size=getattr(spec.config, "hidden_size", None), on_cpu=on_cpu, source=ds_source,
                            total_steps=early.total_steps if early else None,
                            warmup_steps=early.warmup_steps if early else None)
-    return Start(spec, ds, ds_source, on_cpu)
+    if spec.n_params:
+        model_checks.check_memory(spec.n_params, dist.ranks_per_node(), partitioned=ds_config.zero_stage(ds) == 3)
+    return Start(spec, ds, ds_source, on_cpu, fingerprint, rerun)
 
 
 def build(config: RunConfig, start: Start, reporter: Reporter) -> Parts:
@@ -96,10 +109,11 @@ def build(config: RunConfig, start: Start, reporter: Reporter) -> Parts:
     world, rank = dist.world_size(), dist.rank()
     out = Path(t.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fingerprint = run_fingerprint(config, spec.objective, spec.family, sources.content_fingerprint(config.data))
-    checkpoints = Checkpoints(out, fingerprint, warn=reporter.warn)
+    outdir.check_shared(out)
+    checkpoints = Checkpoints(out, start.fingerprint, warn=reporter.warn)
     found = checkpoints.find(t.resume_from_checkpoint, t.overwrite_output_dir)
     outdir.refuse_foreign(checkpoints, found, t.overwrite_output_dir)
+    outdir.claim(out, start.fingerprint)
     # The model learned the ids of the tokenizer saved with it: a retrained one could differ.
     tokenizer = spec.tokenizer or (tok.load(str(found.path)) if found else None)
 
@@ -109,12 +123,13 @@ def build(config: RunConfig, start: Start, reporter: Reporter) -> Parts:
     prepared = cache.prepare(config, spec.family, spec.objective, tokenizer)
     if prepared.validation is None:
         reporter.say("no validation data: evaluation is skipped")
-    module = model.build(config, spec, prepared.tokenizer)
     streaming = config.data.streaming
     plan = schedules.plan(None if streaming else len(prepared.train), config, world)
     ds = start.ds
     ds_config.set_schedule(ds, config, total_steps=plan.total_steps, warmup_steps=plan.warmup_steps,
                            source=start.ds_source)
+    with model.partitioned(ds):
+        module = model.build(config, spec, prepared.tokenizer)
     resume_from = checkpoint.load_dir(found, ds, world, reporter.say) if found else None
     forward = objectives.Forward(module, spec.objective)
     eng = engine.build(module, ds, config, plan)
@@ -169,7 +184,6 @@ def loop(config: RunConfig, parts: Parts, reporter: Reporter, guard: nonfinite.G
     gas, samples_per_micro = t.gradient_accumulation_steps, t.per_device_train_batch_size * dist.world_size()
     window = metrics.Window(eng.device)
     logger = StepFigures(config, parts, guard)
-    step_loss = torch.zeros((), device=eng.device)
     stop = dist.StopFlag()
     stop.install()
     batches = sampler.micro_batches(parts.loader, parts.position, progress.epoch, progress.samples_in_epoch)
@@ -177,22 +191,20 @@ def loop(config: RunConfig, parts: Parts, reporter: Reporter, guard: nonfinite.G
     eng.train()
     while progress.step < total:
         logging_now = reporter.should_log(progress.step + 1, total)
-        step_loss.zero_()
-        for micro_step in range(gas):
+        micro = []
+        for _ in range(gas):  # the whole step's batches first: its loss is normalized by all their labels
             epoch, batch = next(batches)
             if epoch != progress.epoch:
                 progress.epoch, progress.samples_in_epoch = epoch, 0
-            window.add_tokens(int(batch["attention_mask"].sum()))  # counted on the CPU copy: no device sync
-            loss, _, _ = parts.forward(eng, batch, eng.device)
-            eng.backward(loss)
-            norm = guard.step(parts.module, micro_step == gas - 1, logging_now)
-            logger.norm = logger.norm if norm is None else norm
-            step_loss += loss.detach().float()
             progress.samples += samples_per_micro
             progress.samples_in_epoch += samples_per_micro
+            window.add_tokens(int(batch["attention_mask"].sum()))  # counted on the CPU copy: no device sync
+            micro.append(batch)
+        result = train_step(eng, parts.forward, parts.module, micro, guard, want_norm=logging_now)
+        logger.norm = logger.norm if result.norm is None else result.norm
         progress.step += 1
-        if guard.after_step(progress.step, step_loss):  # a skipped step's loss stays out of the logged mean
-            window.add_step(step_loss, gas)
+        if guard.after_step(progress.step, result.loss_sum):  # a skipped step's loss stays out of the logged mean
+            window.add_step(result.loss_sum, result.label_tokens)
         reporter.advance()
 
         if logging_now:
@@ -275,7 +287,7 @@ def run(config: RunConfig) -> dict[str, Any]:
                             min_loss_scale=float(start.ds.get("fp16", {}).get("min_loss_scale", 1)),
                             progress=progress, warn=reporter.warn, kept=parts.checkpoints.kept)
     try:
-        reporter.start(total, progress.step, open_wandb(config, parts, start.ds, reporter))
+        reporter.start(total, progress.step, open_wandb(config, parts, start, reporter))
         before = parts.evaluator(parts.engine) if progress.step == 0 else {}
         reporter.evaluated(0, before, when="before")
         start_step = progress.step
@@ -295,37 +307,43 @@ def run(config: RunConfig) -> dict[str, Any]:
 def finish(parts: Parts, reporter: Reporter, out: Path, seconds: float, start_step: int,
            before: dict[str, float]) -> dict[str, Any]:
     """The final eval, the last checkpoint, its export to OUTPUT_DIR/final, results.json and the summary."""
-    progress, f = parts.progress, parts.facts
+    progress = parts.progress
     reporter.end_progress()
     after = parts.evaluator(parts.engine)
     reporter.evaluated(progress.step, after, when="after")
     final = save(parts, reporter, 0)  # the last step is a logging step: no tokens are unlogged
     if dist.is_main():
         export(final, out / "final", check=False, overwrite=True)
-    dist.barrier()
-    results = {
-        "objective": f["objective"], "model_type": f["model_type"], "world_size": f["world_size"],
-        "nodes": f["nodes"], "zero_stage": f["zero_stage"], "data_fingerprint": f["data_fingerprint"],
-        "resumed_from_step": start_step or None,
-        "train": {"steps": progress.step, "samples": progress.samples, "tokens": progress.tokens_seen,
-                  "loss": reporter.last_train_loss, "skipped_steps": progress.skipped_steps, "runtime_s": seconds,
-                  "tokens_per_second": progress.tokens_seen / seconds if seconds else None},
-        "eval_before": before, "eval": after,
-    }
+    dist.wait_all("exported", "rank 0 to export the model")
+    results = results_of(parts, start_step, seconds, reporter.last_train_loss, before, after)
     reporter.finished(results, out / "final")
     return results
 
 
-def open_wandb(config: RunConfig, parts: Parts, ds: dict[str, Any], reporter: Reporter) -> trackers.WandbRun | None:
-    """The job's W&B run, on global rank 0 only."""
+def results_of(parts: Parts, start_step: int, seconds: float | None, train_loss: float | None,
+               before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    progress, f = parts.progress, parts.facts
+    return {
+        "objective": f["objective"], "model_type": f["model_type"], "world_size": f["world_size"],
+        "nodes": f["nodes"], "zero_stage": f["zero_stage"], "data_fingerprint": f["data_fingerprint"],
+        "resumed_from_step": start_step or None,
+        "train": {"steps": progress.step, "samples": progress.samples, "tokens": progress.tokens_seen,
+                  "loss": train_loss, "skipped_steps": progress.skipped_steps, "runtime_s": seconds,
+                  "tokens_per_second": progress.tokens_seen / seconds if seconds else None},
+        "eval_before": before, "eval": after,
+    }
+
+
+def open_wandb(config: RunConfig, parts: Parts, start: Start, reporter: Reporter) -> trackers.WandbRun | None:
+    """The job's W&B run, on global rank 0 only; a resumed or restarted run continues its own."""
     if not reporter.enabled:
         return None
     f = parts.facts
     facts = {**f, "ranks_per_node": f["world_size"] // f["nodes"], "total_steps": parts.schedule.total_steps,
              "train_examples": None if config.data.streaming else len(parts.prepared.train),
              "eval_examples": len(parts.prepared.validation or [])}
-    resumed_at = parts.progress.step if parts.found else None
-    return trackers.start_wandb(config, ds, facts, Path(config.train.output_dir), resumed_at, reporter.say)
+    resumed_at = parts.progress.step if parts.found or start.rerun else None
+    return trackers.start_wandb(config, start.ds, facts, Path(config.train.output_dir), resumed_at, reporter.say)
 
 
 def quiet_libraries(main: bool) -> None:
@@ -360,11 +378,18 @@ def write_run_files(config: RunConfig, parts: Parts, ds: dict[str, Any], reporte
 
 
 def already_trained(parts: Parts, out: Path, reporter: Reporter) -> dict[str, Any]:
-    """A restart after the last step: export if the kill came between the last commit and the export."""
+    """A restart after the last step: what a kill between the last commit and the end left undone (the
+    export, results.json) is done now."""
     reporter.say(f"already trained to step {parts.progress.step} of {parts.schedule.total_steps}: nothing to do "
                  f"(raise --max_steps to go further)")
     if dist.is_main() and not (out / "final").exists():
         export(parts.found.path, out / "final", check=False)
         reporter.say(f"exported {parts.found.path} to {out / 'final'}")
-    dist.barrier()
-    return reporter.results()
+    dist.wait_all("exported", "rank 0 to export the model")
+    results = dist.broadcast(reporter.results())  # only rank 0's Reporter reads files
+    if not results:  # the final figures from the checkpoint and the log; the training time is not known
+        after = parts.evaluator(parts.engine)
+        results = results_of(parts, parts.progress.step, None, reporter.logged("train/loss"),
+                             reporter.logged_eval(0), after)
+        reporter.finished(results, out / "final")
+    return results

@@ -5,10 +5,12 @@
 # MASTER_ADDR is node 0's address as the other nodes reach it; MASTER_PORT (default 29500) must be
 # free there. Variables are not forwarded: each node uses its own environment.
 #
-# SIGTERM/SIGINT (preemption, a pod's termination, scancel) go straight to the ranks, which save a
-# checkpoint at the next step and exit 75; this script then exits 75 too. Sent to DeepSpeed's
-# launcher instead, they would kill the ranks after 30 s, and a launcher running as a container's
-# PID 1 would not get them at all.
+# The ranks are started here, each with its RANK, LOCAL_RANK, WORLD_SIZE and LOCAL_WORLD_SIZE, not by
+# DeepSpeed's per-node launcher: on SIGTERM that launcher kills its ranks (at once, or 30 s later) and
+# exits 1, and SLURM's time-limit signal (and scancel) reaches every process of the step, the launcher
+# too. Here SIGTERM/SIGINT (preemption, a pod's termination, a time limit, scancel) reach the ranks,
+# which save a checkpoint at the next step and exit 75; this script then exits 75 too, which the SLURM
+# script and the Kubernetes Job read as "stopped, resume me".
 set -euo pipefail
 
 if [ $# -lt 4 ]; then
@@ -20,24 +22,35 @@ shift 3
 root=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"  # a source checkout works uninstalled
 python -m dslm hostfile check "$hostfile" || exit 2
+read -r world first slots < <(python -m dslm hostfile node "$hostfile" "$node_rank") || exit 2
 
-ranks() {  # the training processes under this script
-    local child
-    for child in $(pgrep -P "$1"); do
-        if grep -qa -- "--local_rank=" "/proc/$child/cmdline" 2>/dev/null; then echo "$child"; else ranks "$child"; fi
-    done
-}
-forward() { kill -s "$1" $(ranks $$) 2>/dev/null || true; }
+pids=()
+for ((local_rank = 0; local_rank < slots; local_rank++)); do
+    RANK=$((first + local_rank)) LOCAL_RANK=$local_rank WORLD_SIZE=$world LOCAL_WORLD_SIZE=$slots \
+        MASTER_ADDR=$master_addr MASTER_PORT=${MASTER_PORT:-29500} python "$root/launch/train.py" "$@" &
+    pids+=("$!")
+done
+forward() { kill -s "$1" "${pids[@]}" 2>/dev/null || true; }
 trap 'forward TERM' TERM
 trap 'forward INT' INT
 
-deepspeed --hostfile "$hostfile" --no_ssh --node_rank "$node_rank" --master_addr "$master_addr" \
-    --master_port "${MASTER_PORT:-29500}" "$root/launch/train.py" "$@" &
-launcher=$!
-status=0
-# `wait` returns early when a trapped signal arrives: keep waiting until the launcher has exited.
-while true; do
-    wait "$launcher" && status=0 || status=$?
-    kill -0 "$launcher" 2>/dev/null || break
+# Wait for every rank. A rank that fails (not 0, not 75) leaves the others unable to go on (they find out
+# at their next collective and exit with their own line); any still running 30 s later are killed.
+remaining=("${pids[@]}") failed="" stopped="" reaper=""
+while [ "${#remaining[@]}" -gt 0 ]; do
+    done_pid=""
+    wait -n -p done_pid "${remaining[@]}" && code=0 || code=$?
+    [ -n "${done_pid:-}" ] || continue  # a trapped signal interrupted the wait (and unset the name)
+    next=()
+    for pid in "${remaining[@]}"; do [ "$pid" = "$done_pid" ] || next+=("$pid"); done
+    remaining=("${next[@]}")
+    if [ "$code" = 75 ]; then
+        stopped=75
+    elif [ "$code" != 0 ] && [ -z "$failed" ]; then
+        failed=$code
+        (sleep 30; kill -9 "${pids[@]}" 2>/dev/null || true) &
+        reaper=$!
+    fi
 done
-exit "$status"
+[ -z "$reaper" ] || kill "$reaper" 2>/dev/null || true
+exit "${failed:-${stopped:-0}}"

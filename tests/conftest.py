@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +24,14 @@ TINY = {
     "gpt2": "n_embd=32,n_layer=2,n_head=2",
     "xlnet": "d_model=32,n_layer=2,n_head=2,d_inner=64",
 }
+
+
+TINY.update({
+    "llama": "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,num_key_value_heads=1,intermediate_size=64",
+    "qwen2": "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,num_key_value_heads=1,intermediate_size=64",
+    "mistral": "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,num_key_value_heads=1,intermediate_size=64",
+    "modernbert": "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64",
+})
 
 
 def tiny_flags(family: str, output_dir: Path, *extra: str, steps: int = 6) -> list[str]:
@@ -50,10 +59,19 @@ def env() -> dict[str, str]:
     return e
 
 
-def run(cmd: list[str], cwd: Path = ROOT, timeout: int = 600, check: bool = True,
+def run(cmd: list[str], cwd: Path = ROOT, timeout: int = 300, check: bool = True,
         extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
+    # A session of its own: on a timeout the launcher's ranks are killed with it, not left to load the machine.
+    with subprocess.Popen(cmd, cwd=cwd, env={**env(), **(extra_env or {})}, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True) as popen:
+        try:
+            out, err = popen.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(popen.pid, signal.SIGKILL)
+            out, err = popen.communicate()
+            raise AssertionError(f"{' '.join(cmd)} ran over {timeout} s\n--- stdout\n{out[-4000:]}\n--- stderr\n"
+                                 f"{err[-6000:]}") from None
+    proc = subprocess.CompletedProcess(cmd, popen.returncode, out, err)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
                              f"--- stderr\n{proc.stderr[-6000:]}")
@@ -147,3 +165,27 @@ def prepare_data(tmp_path: Path, **flags):
     config = RunConfig.from_flags(**flags)
     spec = model.resolve(config)
     return cache.prepare(config, spec.family, spec.objective, spec.tokenizer)
+
+
+def reload_and_evaluate(out: Path, objective: str) -> float:
+    """Eval loss of OUTPUT_DIR/final loaded by transformers alone, on the batches the engine evaluated (the
+    run's own validation cache, eval batch size, sample limit and seed)."""
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    from dslm import evaluation, objectives
+    from dslm.config import ObjectiveConfig
+
+    run_config = json.loads((out / "run_config.json").read_text())
+    model = (AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM).from_pretrained(out / "final")
+    tokenizer = AutoTokenizer.from_pretrained(out / "final")
+    validation = datasets.load_from_disk(str(out / "cache" / f"tokenized-{results(out)['data_fingerprint']}"))
+    validation = validation["validation"]
+    limit = run_config["data"]["max_eval_samples"] or len(validation)
+    validation = validation.select(range(min(limit, len(validation)))).with_format("python")
+    collate = objectives.Collator(objective, tokenizer, ObjectiveConfig(**run_config["objective"]))
+    train = run_config["train"]
+    figures = evaluation.evaluate(model, validation, collate, objective, train["per_device_eval_batch_size"],
+                                  torch.device("cpu"), train["seed"])
+    return figures["eval/loss"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from dslm import atomic
@@ -100,3 +102,20 @@ def test_remove(tmp_path):
     (tmp_path / "other").write_text("stays")
     atomic.remove(d)
     assert [p.name for p in tmp_path.iterdir()] == ["other"]
+
+
+def test_temporaries_of_a_killed_writer_on_this_host_are_removed(tmp_path):
+    """A writer killed midway leaves its temporary (named by host and pid); the next write of the same target
+    removes it when that pid is gone, and leaves a live writer's alone."""
+    import socket
+
+    target = tmp_path / "cache"
+    host = socket.gethostname()
+    dead = next(pid for pid in range(4_190_000, 4_194_000) if not atomic._alive(pid))  # no such process
+    stale = tmp_path / f".cache.tmp-{host}-{dead}"
+    live = tmp_path / f".cache.tmp-{host}-{os.getppid()}"
+    other_host = tmp_path / f".cache.tmp-elsewhere-{dead}"
+    for d in (stale, live, other_host):
+        d.mkdir()
+    atomic.write_directory(target, lambda tmp: (tmp / "x").write_text("1"))
+    assert not stale.exists() and live.exists() and other_host.exists() and (target / "x").read_text() == "1"

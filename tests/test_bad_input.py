@@ -257,7 +257,7 @@ def test_resize_token_embeddings_grows_the_table(pretrained, tmp_path, out):
     assert json.loads((out / "final" / "config.json").read_text())["vocab_size"] == 640
 
 
-@pytest.mark.parametrize("args, message", [
+MODEL_CASES = [
     (["--model_type", "bort"], "unknown --model_type 'bort'"),
     (["--objective", "plm", "--model_type", "bert"], "--objective plm needs a model type such as xlnet (got bert; "
                                                      "bert can do mlm, clm): change --objective or the model"),
@@ -277,7 +277,23 @@ def test_resize_token_embeddings_grows_the_table(pretrained, tmp_path, out):
      "B parameters"),
     (["--model_type", "bert", "--config_overrides", "vocab_size=100", "--tokenizer_name", "PRETRAINED"],
      "--config_overrides vocab_size=100 is smaller than the tokenizer's 600 tokens"),
-])
+    (["--model_type", "t5", "--objective", "clm"],
+     "--objective clm needs a model type such as gpt2, llama, qwen2, mistral (got t5): change --objective"),
+]
+
+
+def test_a_tokenizer_without_a_mask_token_for_mlm(tmp_path, out):
+    """MLM replaces tokens with the mask token: a tokenizer without one (GPT-2's) is refused up front."""
+    import model_dirs
+
+    bert, gpt2 = model_dirs.make("bert", tmp_path / "bert"), model_dirs.make("gpt2", tmp_path / "gpt2")
+    refused(["--output_dir", str(out), "--model_name_or_path", str(bert), "--tokenizer_name", str(gpt2)],
+            f"the tokenizer {gpt2} has no mask token, which --objective mlm needs: pass --tokenizer_name DIR with one "
+            f"(e.g. the model's own), or train causally with --objective clm")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", MODEL_CASES)
 def test_bad_model_choices(pretrained, out, args, message):
     args = [str(pretrained / "model") if a == "PRETRAINED" else a for a in args]
     refused(["--output_dir", str(out), *args], message)
@@ -303,7 +319,7 @@ def test_bad_model_choices(pretrained, out, args, message):
     ("mlm_probability", "1", "--mlm_probability must be between 0 and 1 (exclusive), got 1.0"),
     ("plm_probability", "1.5", "--plm_probability must be between 0 and 1 (exclusive)"),
     ("warmup_ratio", "1", "--warmup_ratio must be in [0, 1), got 1.0"),
-    ("save_total_limit", "0", "--save_total_limit must be positive, got 0"),
+    ("save_total_limit", "-1", "--save_total_limit must be zero or positive, got -1"),
     ("save_steps", "-1", "--save_steps must be zero or positive"),
     ("logging_steps", "0", "--logging_steps must be positive"),
     ("max_seq_length", "0", "--max_seq_length must be positive"),
@@ -502,6 +518,15 @@ def test_an_output_dir_on_a_read_only_or_full_file_system(mount):
     small = mount("size=512k")
     refused(tiny(small / "out"), "MiB free on its file system (dslm needs at least 1 MiB): free some space or choose "
             "another --output_dir")
+
+
+def test_a_wandb_mode_that_wandb_does_not_know(out):
+    """wandb itself would fail on it with a traceback once the data is prepared."""
+    env = {**os.environ, "WANDB_MODE": "offlne"}
+    result = forked.run(["train", *tiny(out)], env=env)  # W&B on (the other cases here run with --report_to none)
+    line = "dslm: error: WANDB_MODE='offlne' is not a W&B mode: set online, offline or disabled, or unset it"
+    assert result.code == 2 and error_line(result) == line, result.err[-2000:]
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------- trust

@@ -167,9 +167,10 @@ def test_rng_state_round_trip(tmp_path):
 def test_estimate_line(tmp_path):
     # 1M params: 12 bytes each (fp32 weights and Adam's two moments), 16 with mixed precision's master weights
     assert estimate_line(tmp_path, 1_000_000, False, 3) == (
-        f"checkpoints: ~11.4 MiB each, at most 3 + 1 while saving = 45.8 MiB (plus milestones), in {tmp_path}")
-    assert estimate_line(tmp_path, 1_000_000, True, None) == (
-        f"checkpoints: ~15.3 MiB each, no --save_total_limit: unbounded, in {tmp_path}")
+        f"checkpoints: ~11.4 MiB each, at most 3 + 1 while saving = 45.8 MiB (plus milestones, --save_total_limit 3), "
+        f"in {tmp_path}")
+    assert estimate_line(tmp_path, 1_000_000, True, 0) == (
+        f"checkpoints: ~15.3 MiB each, --save_total_limit 0: every one kept, unbounded, in {tmp_path}")
 
 
 def test_figures_before_any_save(tmp_path):

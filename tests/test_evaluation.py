@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import types
 
 import pytest
 import torch
 
 from dslm.evaluation import Evaluator, token_stats
+from dslm.objectives import Forward
 
 
 def evaluator(eval_steps: int | None, validation=None) -> Evaluator:
@@ -37,11 +39,30 @@ def ce(logits: list[float], label: int) -> float:
     return math.log(sum(math.exp(x) for x in logits)) - logits[label]
 
 
+class FixedLogits(torch.nn.Module):
+    """A stand-in model whose logits are given: what Forward and token_stats make of them is under test."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+        self.config = types.SimpleNamespace(model_type="fixed")
+
+    def forward(self, **inputs: torch.Tensor) -> types.SimpleNamespace:
+        return types.SimpleNamespace(logits=self.logits)
+
+
+def stats(logits: torch.Tensor, labels: torch.Tensor, objective: str) -> torch.Tensor:
+    model = FixedLogits(logits)
+    out = Forward(model, objective, sparse=False)(model, {"input_ids": labels.clamp(min=0), "labels": labels},
+                                                  torch.device("cpu"))
+    return token_stats(out)
+
+
 def test_mlm_counts_only_labelled_positions():
     rows = [[0.0] * 4, one_hot(3, 10.0, 4), one_hot(1, 10.0, 4)]
     logits = torch.tensor([rows, [one_hot(2, 1.0, 4)] * 3])
     labels = torch.tensor([[2, -100, 1], [-100, -100, 0]])
-    loss, correct, count = token_stats(logits, labels, "mlm").tolist()
+    loss, correct, count = stats(logits, labels, "mlm").tolist()
     # (0,0): a tie predicts 0, wrong; (0,2): right; (1,2): predicts 2, wrong
     assert (correct, count) == (1.0, 3.0)
     assert loss == pytest.approx(ce(rows[0], 2) + ce(rows[2], 1) + ce(one_hot(2, 1.0, 4), 0), rel=1e-6)
@@ -55,22 +76,21 @@ def test_clm_shifts_predictions_by_one():
                  one_hot(0, 9.0, vocab)]  # the last position has nothing to predict
     logits = torch.tensor([positions])
     labels = torch.tensor([[4, 1, 2, -100]])  # label[0] is never predicted
-    loss, correct, count = token_stats(logits, labels, "clm").tolist()
+    loss, correct, count = stats(logits, labels, "clm").tolist()
     assert (correct, count) == (1.0, 2.0)
     assert loss == pytest.approx(ce(positions[0], 1) + ce(positions[1], 2), rel=1e-6)
     # the same tensors unshifted (mlm) are a different count
-    assert token_stats(logits, labels, "mlm").tolist()[1:] == [0.0, 3.0]
+    assert stats(logits, labels, "mlm").tolist()[1:] == [0.0, 3.0]
 
 
 def test_half_precision_logits_are_summed_in_float32():
     logits = torch.tensor([[one_hot(1, 2.0, 3), one_hot(0, 2.0, 3)]], dtype=torch.bfloat16)
     labels = torch.tensor([[1, 2]])
-    stats = token_stats(logits, labels, "mlm")
-    assert stats.dtype == torch.float32
-    assert stats.tolist()[1:] == [1.0, 2.0]
-    assert stats[0].item() == pytest.approx(ce(one_hot(1, 2.0, 3), 1) + ce(one_hot(0, 2.0, 3), 2), rel=1e-6)
+    result = stats(logits, labels, "mlm")
+    assert result.dtype == torch.float32
+    assert result.tolist()[1:] == [1.0, 2.0]
+    assert result[0].item() == pytest.approx(ce(one_hot(1, 2.0, 3), 1) + ce(one_hot(0, 2.0, 3), 2), rel=1e-6)
 
 
 def test_no_labels():
-    stats = token_stats(torch.zeros(1, 3, 4), torch.full((1, 3), -100), "mlm")
-    assert stats.tolist() == [0.0, 0.0, 0.0]
+    assert stats(torch.zeros(1, 3, 4), torch.full((1, 3), -100), "mlm").tolist() == [0.0, 0.0, 0.0]

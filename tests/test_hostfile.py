@@ -100,3 +100,12 @@ def test_slurm_hostfile_uses_node_addresses(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["localhost", "example", "slurm", "kubernetes"])
 def test_every_shipped_hostfile_passes_the_check(name):
     hostfile.check(str(ROOT / "hostfiles" / name))
+
+
+def test_node_prints_what_node_sh_starts(tmp_path, capsys):
+    path = tmp_path / "hosts"
+    path.write_text("a slots=2\nb slots=3\nc slots=1\n")
+    hostfile.node(str(path), 1)
+    assert capsys.readouterr().out == "6 2 3\n"  # world size, this node's first rank, its slots
+    with pytest.raises(ConfigError, match=r"node rank 3 is not one of the 3 nodes in .*: give 0 to 2"):
+        hostfile.node(str(path), 3)

@@ -79,7 +79,7 @@ def test_clm_labels_ignore_padding_even_when_pad_is_eos():
 
 @pytest.mark.parametrize("objective, family, message", [
     ("plm", "bert", "needs a model type such as xlnet \\(got bert; bert can do mlm, clm\\)"),
-    ("mlm", "gpt2", "needs a model type such as bert, roberta, distilbert \\(got gpt2; gpt2 can do clm\\)"),
+    ("mlm", "gpt2", "needs a model type such as bert, roberta, distilbert, modernbert \\(got gpt2; gpt2 can do clm\\)"),
 ])
 def test_objective_model_mismatch(objective, family, message):
     with pytest.raises(ConfigError, match=message):
@@ -112,12 +112,69 @@ def test_the_sparse_mlm_head_gives_the_models_own_loss_and_gradients(bert_tok, f
     for forward in (dense, sparse):
         model.zero_grad()
         torch.manual_seed(1)  # the same dropout masks for both
-        loss, logits, labels = forward(model, dict(batch), torch.device("cpu"))
-        loss.backward()
-        results.append((loss.detach(), logits.shape, [p.grad.clone() for p in model.parameters()]))
+        out = forward(model, dict(batch), torch.device("cpu"))
+        out.loss_sum.backward()
+        results.append((out.loss_sum.detach(), out.logits.shape, [p.grad.clone() for p in model.parameters()]))
     (dense_loss, dense_shape, dense_grads), (sparse_loss, sparse_shape, sparse_grads) = results
     n_labelled = int((batch["labels"] != -100).sum())
+    assert objectives.label_tokens(batch, "mlm") == n_labelled
     assert sparse_shape == (1, n_labelled, len(bert_tok)) and dense_shape[:2] == batch["labels"].shape
     assert torch.allclose(sparse_loss, dense_loss, rtol=1e-6)
+    torch.manual_seed(1)
+    assert torch.allclose(dense_loss / n_labelled, model(**batch).loss, rtol=1e-6)  # the model's own mean, summed
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(dense_grads, sparse_grads, strict=True))
     assert model(**batch).logits.shape[:2] == batch["labels"].shape  # a plain call still sees every position
+
+
+@pytest.fixture(scope="module")
+def real_tokenizers(tmp_path_factory):
+    """Tokenizers with the real checkpoints' conventions (tests/model_dirs.py), by family."""
+    import model_dirs
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("real")
+    return {family: AutoTokenizer.from_pretrained(model_dirs.make(family, root / family))
+            for family in ("gpt2", "llama", "qwen2", "mistral", "xlnet", "modernbert", "roberta")}
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "mistral", "qwen2"])
+def test_causal_batches_of_a_tokenizer_without_a_pad_token(real_tokenizers, family):
+    """GPT-2, Llama and Mistral as published have no pad token: packed blocks and padded lines still collate,
+    padding gets a valid id and no label, and the tokenizer is left as it was."""
+    tok = real_tokenizers[family]
+    had_pad = tok.pad_token
+    ids = tok("the interpreter evaluates expressions and statements, raising exceptions " * 4)["input_ids"]
+    collate = objectives.Collator("clm", tok, ObjectiveConfig())
+    packed = collate([{"input_ids": ids[:16]}, {"input_ids": ids[16:32]}])
+    assert packed["labels"].tolist() == [ids[:16], ids[16:32]] and packed["attention_mask"].all()
+    lines = collate([{"input_ids": ids[:5]}, {"input_ids": ids[:11]}])
+    assert lines["input_ids"].shape == (2, objectives.PAD_MULTIPLE * 2)
+    assert lines["labels"][0].tolist() == ids[:5] + [-100] * 11 and lines["attention_mask"][0].sum() == 5
+    assert 0 <= int(lines["input_ids"][0, -1]) < len(tok)  # padding is a real id: the embedding has a row for it
+    assert tok.pad_token == had_pad
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_xlnet_batches_of_lines_of_one_odd_length(real_tokenizers, n):
+    """The permutation collator needs an even length: a batch whose lines all have one odd length (always
+    with one line per batch) is padded to an even width, the padding never a target."""
+    tok = real_tokenizers["xlnet"]
+    ids = tok("a line of text for the permutation objective")["input_ids"]
+    ids = ids[:-1] if len(ids) % 2 == 0 else ids  # odd, ending with XLNet's <sep> <cls> or not
+    collate = objectives.Collator("plm", tok, ObjectiveConfig(plm_probability=1 / 6, max_span_length=3))
+    batch = collate([{"input_ids": ids}] * n)
+    width = -(-len(ids) // objectives.PAD_MULTIPLE) * objectives.PAD_MULTIPLE  # as any padded batch of lines
+    assert batch["input_ids"].shape == (n, width) and width % 2 == 0
+    assert batch["attention_mask"].sum(1).tolist() == [len(ids)] * n
+    assert (batch["labels"][:, len(ids):] == -100).all() and batch["perm_mask"].shape == (n, width, width)
+
+
+def test_masked_batches_of_a_tokenizer_that_pads_on_the_left_or_has_no_type_ids(real_tokenizers):
+    for family in ("modernbert", "roberta"):
+        tok = real_tokenizers[family]
+        ids = tok("the interpreter evaluates expressions")["input_ids"]
+        torch.manual_seed(0)
+        batch = objectives.Collator("mlm", tok, ObjectiveConfig(mlm_probability=0.5))(
+            [{"input_ids": ids, "special_tokens_mask": [0] * len(ids)}, {"input_ids": ids[:3],
+                                                                        "special_tokens_mask": [0] * 3}])
+        assert batch["labels"][1, 3:].eq(-100).all() and set(batch) == {"input_ids", "labels", "attention_mask"}

@@ -12,14 +12,16 @@ from dslm.checkpoint import Checkpoints, Found
 from dslm.config import RunConfig
 from dslm.errors import ConfigError
 
-
-def check(out: Path, **flags) -> None:
-    outdir.check(RunConfig.from_flags(output_dir=str(out), **flags))
+FINGERPRINT = "this-run"
 
 
-def refused(out: Path, **flags) -> str:
+def check(out: Path, fingerprint: str = FINGERPRINT, **flags) -> None:
+    outdir.check(RunConfig.from_flags(output_dir=str(out), **flags), fingerprint)
+
+
+def refused(out: Path, fingerprint: str = FINGERPRINT, **flags) -> str:
     with pytest.raises(ConfigError) as err:
-        check(out, **flags)
+        check(out, fingerprint, **flags)
     message = str(err.value)
     assert "\n" not in message
     return message
@@ -136,3 +138,21 @@ def test_refuse_foreign_started_marker_and_own_checkpoints(tmp_path):
         outdir.refuse_foreign(Checkpoints(tmp_path, "this-run"), found=None, overwrite=False)
     outdir.refuse_foreign(Checkpoints(tmp_path, "another-run"), found=None, overwrite=False)
     outdir.refuse_foreign(Checkpoints(tmp_path / "nothing", "this-run"), found=None, overwrite=False)
+
+
+def test_the_same_run_killed_before_its_first_checkpoint_starts_again_and_another_is_refused(tmp_path):
+    """run_config.json, ds_config.json and metrics.jsonl are written before the first commit: the identity file
+    tells the same command (the same fingerprint) from another run's."""
+    (tmp_path / "run_config.json").write_text("{}")
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n')
+    assert "already holds a run" in refused(tmp_path)  # no identity: as before
+    outdir.claim(tmp_path, FINGERPRINT)
+    assert outdir.identity(tmp_path) == FINGERPRINT
+    check(tmp_path)  # the same run: allowed, it starts again from step 0
+    assert "already holds a run (metrics.jsonl, run_config.json, dslm_run.json)" in refused(tmp_path, "another-run")
+    assert "already holds a run" in refused(tmp_path, resume_from_checkpoint="none")  # a fresh start is asked for
+
+
+def test_only_an_identity_left_by_a_run_killed_at_once_still_names_it(tmp_path):
+    outdir.claim(tmp_path, "another-run")
+    assert refused(tmp_path).startswith(f"--output_dir {tmp_path} already holds a run (dslm_run.json)")

@@ -171,3 +171,24 @@ def test_wandb_gets_one_call_per_step(tmp_path, capsys):
     assert run.logged[1:] == [(6, {"eval/loss": 1.9})]
     assert run.finished_with == 3
     assert r.wandb is None
+
+
+def test_a_wandb_service_that_died_does_not_end_the_run(tmp_path, capsys):
+    """A job's SIGTERM reaches W&B's service process too: its run then fails every call."""
+
+    class Dead:
+        def log(self, step, figures):
+            raise BrokenPipeError("the service is gone")
+
+        def finish(self, exit_code):
+            raise BrokenPipeError("the service is gone")
+
+    r = Reporter(tmp_path, enabled=True)
+    r.start(total_steps=4, step=0, wandb_run=Dead())
+    r.log(1, {"eval/loss": 1.0})
+    r.log(2, {"eval/loss": 0.9})  # a new step sends the last one: W&B fails, once
+    r.log(3, {"eval/loss": 0.8})
+    r.close(exit_code=75)
+    out = capsys.readouterr().out
+    assert out.count("warning: W&B stopped (BrokenPipeError: the service is gone); the run goes on") == 1
+    assert [row["step"] for row in rows(r)] == [1, 2, 3]

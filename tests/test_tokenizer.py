@@ -28,9 +28,12 @@ def test_fingerprint_follows_the_vocabulary(tmp_path):
     assert tokenizer.fingerprint(a) == tokenizer.fingerprint(b) != tokenizer.fingerprint(c)
 
 
-def test_unknown_family_needs_a_tokenizer():
-    with pytest.raises(ConfigError, match="pass --tokenizer_name"):
-        tokenizer.train("albert", iter([["x"]]), 100)
+def test_only_xlnet_trains_a_permutation_lm_tokenizer():
+    """Any other family trains a tokenizer of its kind (tests/test_tokenizer_families.py), but a
+    permutation LM has no generic kind: the one-line error names the fix."""
+    with pytest.raises(ConfigError, match="pass --tokenizer_name DIR") as info:
+        tokenizer.train("albert", iter([["x"]]), 100, objective="plm")
+    assert "\n" not in str(info.value)
 
 
 def test_missing_tokenizer_directory(tmp_path):

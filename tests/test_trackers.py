@@ -103,3 +103,18 @@ def test_wandb_config_redacts_secrets_and_keeps_versions(monkeypatch):
 
     assert versions["torch"] == torch.__version__
     assert config["logging"]["hub_token"] == "a-secret-value"  # the caller's dict is not changed
+
+
+def test_an_empty_wandb_mode_is_unset_and_an_unknown_one_refused(monkeypatch):
+    from dslm.errors import ConfigError
+    from dslm.trackers import check_environment
+
+    monkeypatch.setenv("WANDB_MODE", "")  # wandb's own settings would fail on it with a traceback
+    check_environment()
+    assert "WANDB_MODE" not in os.environ
+    monkeypatch.setenv("WANDB_MODE", "offlne")
+    with pytest.raises(ConfigError, match="WANDB_MODE='offlne' is not a W&B mode: set online, offline or disabled"):
+        check_environment()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    check_environment()
+    assert os.environ["WANDB_MODE"] == "offline"
