@@ -89,7 +89,10 @@ def write_directory(target: Path, fill: Callable[[Path], object], replace: bool 
 def remove(path: Path) -> None:
     """Rename, then delete: a kill midway leaves a hidden directory, not a half one under its name."""
     trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
-    path.rename(trash)
+    try:
+        path.rename(trash)
+    except FileNotFoundError:  # removed already (another node sharing the file system)
+        return
     if trash.is_dir():
         shutil.rmtree(trash, ignore_errors=True)
     else:

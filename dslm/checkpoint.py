@@ -270,8 +270,10 @@ class Checkpointer:
             else:
                 if tag_dir.exists():  # this run's leftover of this step (killed before the commit, or replaced)
                     atomic.remove(tag_dir)
-                tag_dir.mkdir(parents=True)
-                atomic.write_file(tag_dir / STARTED, json.dumps({"run_fingerprint": self.dir.fingerprint}))
+                # with its marker from the start: a kill in between would leave a directory of no run
+                marker = json.dumps({"run_fingerprint": self.dir.fingerprint})
+                self.root.mkdir(parents=True, exist_ok=True)
+                atomic.write_directory(tag_dir, lambda tmp: (tmp / STARTED).write_text(marker))
                 problem = self._space_problem(tag_dir)
                 if problem:
                     atomic.remove(tag_dir)

@@ -13,7 +13,7 @@ from typing import Any
 
 from dslm import hostfile
 from dslm.config import SECTIONS, RunConfig, all_fields, field_types
-from dslm.errors import EXIT_STOPPED, ConfigError, DslmError, PeerLost, suggest
+from dslm.errors import EXIT_STOPPED, ConfigError, DslmError, PeerLost, first_line, suggest
 
 DEBUG_FLAG = "--debug"
 
@@ -150,6 +150,10 @@ def main(argv: list[str] | None = None) -> None:
         fire.Fire(COMMANDS, command=args, name="dslm")
     except Exception as exc:
         error = _as_user_error(exc)
+        if "dslm.dist" in sys.modules:  # ranks waiting without a timeout learn of it
+            from dslm import dist
+
+            dist.announce_failure(str(error) if error else f"{type(exc).__name__}: {first_line(exc)}")
         if error is None or debug:
             raise
         _exit_with(error)

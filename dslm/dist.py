@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from dslm import atomic
-from dslm.errors import ConfigError, first_line
+from dslm.errors import ConfigError, PeerLost, first_line
 
 
 def rank() -> int:
@@ -96,6 +97,7 @@ def init(timeout_minutes: float = 30.0) -> None:
     elif "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(cpu_threads(os.environ))
     _unlink_shm_segment()
+    _start_heartbeat()
 
 
 def ranks_per_node(env: MutableMapping[str, str] = os.environ) -> int:
@@ -235,7 +237,8 @@ def broadcast(obj: Any) -> Any:
 # Long single-rank work (training a tokenizer, converting a checkpoint, an export) must not happen while
 # the other ranks sit in a collective: a collective fails after --dist_timeout, and the job would report
 # a healthy rank as hung. The waiting ranks poll the process group's key-value store instead: no
-# collective, no timeout; a rank that died takes the store's connection (and the wait) with it.
+# collective, no timeout. A rank that fails says so in the store (`announce_failure`), rank 0's death takes
+# the store with it, and a node killed outright stops its heartbeat: no wait outlives the job.
 POLL_S = 0.2
 
 
@@ -250,13 +253,70 @@ def _key(name: str) -> str:
     return f"dslm/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{name}"
 
 
-def _waiting(what: str, started: float, said: float) -> float:
-    """A line from a waiting rank each --dist_timeout: it waits on purpose, not hung (and not silently)."""
-    now = time.monotonic()
-    if now - said >= TIMEOUT_MINUTES[0] * 60:
-        print(f"dslm: rank {rank()}: still waiting for {what} ({(now - started) / 60:.0f} min so far)", flush=True)
-        return now
-    return said
+HEARTBEAT_S = 10.0  # each node's first rank counts up a key this often while the job lives
+STALE_S = 120.0  # a node whose count has not moved for this long is gone (killed, its machine down)
+LEADERS: list[int] = []  # global ranks that are their node's first: they build, and they beat
+
+
+def _start_heartbeat() -> None:
+    """A node killed outright (the OOM killer, a machine lost) says nothing: the others, waiting without a
+    timeout (below), see its beat stop."""
+    if dist.get_world_size() == 1:
+        return
+    LEADERS[:] = [r for r, first in enumerate(all_gather_object(local_rank() == 0)) if first]
+    if local_rank() != 0:
+        return
+    import threading
+
+    store, key = _store(), _key(f"alive/{rank()}")
+
+    def beat() -> None:
+        while True:
+            try:
+                store.add(key, 1)
+            except Exception:  # the store (rank 0's process) is gone: the job is ending
+                return
+            time.sleep(HEARTBEAT_S)
+
+    threading.Thread(target=beat, name="dslm-heartbeat", daemon=True).start()
+
+
+def announce_failure(message: str) -> None:
+    """Tell ranks that wait without a timeout that this rank failed (best effort: the store may be gone)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        with contextlib.suppress(Exception):  # the job is failing already: nothing more to tell
+            _store().set(_key("failed"), f"rank {rank()} failed: {message}"[:500])
+
+
+class _Waiter:
+    """What a rank waiting without a timeout checks while it polls: another rank's failure, a node's stopped
+    heartbeat, and, each --dist_timeout, a line saying what it waits for."""
+
+    def __init__(self, what: str) -> None:
+        self.what, self.store = what, _store()
+        self.started = self.said = self.checked = time.monotonic()
+        self.beats: dict[int, tuple[int, float]] = {}
+
+    def poll(self) -> None:
+        now = time.monotonic()
+        if self.store.check([_key("failed")]):
+            raise PeerLost(f"{self.store.get(_key('failed')).decode()}; this rank was waiting for {self.what}")
+        if now - self.checked >= HEARTBEAT_S:
+            self.checked = now
+            for leader in LEADERS:
+                key = _key(f"alive/{leader}")
+                count = int(self.store.get(key)) if self.store.check([key]) else 0
+                last, since = self.beats.get(leader, (-1, now))
+                if count != last:
+                    self.beats[leader] = (count, now)
+                elif now - since > STALE_S:
+                    raise PeerLost(f"rank {leader}'s node stopped answering ({now - since:.0f} s without a heartbeat) "
+                                   f"while this rank waited for {self.what}")
+        if now - self.said >= TIMEOUT_MINUTES[0] * 60:
+            print(f"dslm: rank {rank()}: still waiting for {self.what} ({(now - self.started) / 60:.0f} min so far)",
+                  flush=True)
+            self.said = now
+        time.sleep(POLL_S)
 
 
 def from_rank0(name: str, produce: Callable[[], Any], what: str) -> Any:
@@ -274,10 +334,9 @@ def from_rank0(name: str, produce: Callable[[], Any], what: str) -> Any:
             result = ("error", str(exc))
         store.set(key, pickle.dumps(result))
     else:
-        started = said = time.monotonic()
+        waiter = _Waiter(what)
         while not store.check([key]):
-            said = _waiting(what, started, said)
-            time.sleep(POLL_S)
+            waiter.poll()
         result = pickle.loads(store.get(key))
     if result[0] == "error":
         raise ConfigError(result[1])
@@ -290,10 +349,9 @@ def wait_all(name: str, what: str) -> None:
         return
     store, key = _store(), _key(f"arrived/{name}")
     store.add(key, 1)
-    started = said = time.monotonic()
+    waiter = _Waiter(what)
     while store.add(key, 0) < dist.get_world_size():
-        said = _waiting(what, started, said)
-        time.sleep(POLL_S)
+        waiter.poll()
 
 
 def build_once_per_node(target: Path, build: Callable[[Path], None], what: str) -> None:

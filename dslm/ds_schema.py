@@ -44,6 +44,10 @@ def check(p: Path, ds: Any) -> None:
         if key not in KNOWN_KEYS:
             raise ConfigError(f"--deepspeed {p}: unknown key {key!r}{suggest(key, KNOWN_KEYS)}; DeepSpeed would "
                               f"ignore it")
+    for key in ("gradient_allreduce_op", "managed_gradient_accumulation"):
+        if key in ds:  # dslm's loss is normalized assuming DeepSpeed averages over ranks and accumulation steps
+            raise ConfigError(f"--deepspeed {p}: {key} changes how DeepSpeed sums gradients, which dslm's loss (the "
+                              f"tokens of the whole step over every rank) relies on: remove it")
     for key in ("zero_optimization", "optimizer", "scheduler", "bf16", "fp16"):
         if key in ds and not isinstance(ds[key], dict):
             raise ConfigError(f"--deepspeed {p}: {key} must be a JSON object, got {ds[key]!r}")

@@ -16,7 +16,9 @@ def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str,
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if p.requires_grad:
-            exempt = p.ndim < 2 or "norm" in name.lower() or "bias" in name.lower()
+            # a ZeRO-3 partitioned parameter holds an empty tensor: its real shape is ds_shape
+            ndim = len(getattr(p, "ds_shape", p.shape))
+            exempt = ndim < 2 or "norm" in name.lower() or "bias" in name.lower()
             (no_decay if exempt else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 

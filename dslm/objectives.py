@@ -75,9 +75,11 @@ class Collator:
     transformers' collators would pad through the tokenizer again and refuse one without a pad token.
     """
 
-    def __init__(self, objective: str, tokenizer: PreTrainedTokenizerBase, cfg: ObjectiveConfig) -> None:
+    def __init__(self, objective: str, tokenizer: PreTrainedTokenizerBase, cfg: ObjectiveConfig,
+                 max_length: int | None = None) -> None:
         self.objective = objective
         self.pad_id = pad_id(tokenizer)
+        self.max_length = max_length  # padding never goes past it: the model's positions may end there
         self.masker: Any = None
         if objective == "plm":
             self.masker = DataCollatorForPermutationLanguageModeling(
@@ -93,7 +95,8 @@ class Collator:
         longest = max(lengths)
         if min(lengths) == longest and (self.objective != "plm" or longest % 2 == 0):
             return longest  # packed blocks, all one length already
-        return -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
+        width = -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
+        return max(longest + longest % 2, min(width, self.max_length)) if self.max_length else width
 
     def __call__(self, examples: list[dict[str, list]]) -> dict[str, torch.Tensor]:
         lengths = [len(e["input_ids"]) for e in examples]

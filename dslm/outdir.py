@@ -82,6 +82,14 @@ def refuse_foreign(checkpoints: Checkpoints, found: Found | None, overwrite: boo
                           f"data or seed): use another --output_dir, or --overwrite_output_dir to replace them")
 
 
+def clear_results(out: Path) -> None:
+    """A resumed run that trains further makes the last export and its results stale: a kill before its own
+    export must not leave them to be taken for this run's."""
+    if (out / "final").is_dir():
+        atomic.remove(out / "final")
+    (out / "results.json").unlink(missing_ok=True)
+
+
 def clear_previous_run(out: Path, checkpoints: bool) -> None:
     """Only once the new run is ready to train: a failed start must not lose the old outputs.
 

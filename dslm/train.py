@@ -140,7 +140,7 @@ def build(config: RunConfig, start: Start, reporter: Reporter) -> Parts:
         reporter.say(f"resumed from {found.path} at step {progress.step} ({progress.samples} samples seen)")
         reporter.resumed(progress.step)
 
-    collate = objectives.Collator(spec.objective, prepared.tokenizer, config.objective)
+    collate = objectives.Collator(spec.objective, prepared.tokenizer, config.objective, config.data.max_seq_length)
     micro = t.per_device_train_batch_size
     position = prepared.train if streaming else sampler.ResumableSampler(len(prepared.train), world, rank, t.seed,
                                                                          micro)
@@ -178,14 +178,12 @@ def save(parts: Parts, reporter: Reporter, unlogged_tokens: int) -> Path:
     return path
 
 
-def loop(config: RunConfig, parts: Parts, reporter: Reporter, guard: nonfinite.Guard) -> float:
+def loop(config: RunConfig, parts: Parts, reporter: Reporter, guard: nonfinite.Guard, stop: dist.StopFlag) -> float:
     """Train to the schedule's last step; the seconds it took."""
     t, eng, progress, total = config.train, parts.engine, parts.progress, parts.schedule.total_steps
     gas, samples_per_micro = t.gradient_accumulation_steps, t.per_device_train_batch_size * dist.world_size()
     window = metrics.Window(eng.device)
     logger = StepFigures(config, parts, guard)
-    stop = dist.StopFlag()
-    stop.install()
     batches = sampler.micro_batches(parts.loader, parts.position, progress.epoch, progress.samples_in_epoch)
     started = time.perf_counter()
     eng.train()
@@ -269,6 +267,10 @@ def run(config: RunConfig) -> dict[str, Any]:
     t = config.train
     out = Path(t.output_dir)
     dist.fill_launcher_env(os.environ)  # first: which rank this is (srun sets only SLURM_PROCID) and how many
+    # A signal while the run starts (a long tokenization, a cache build) stops it after its first step, with a
+    # checkpoint and exit 75, like one during training.
+    stop = dist.StopFlag()
+    stop.install()
     reporter = Reporter(out, enabled=dist.is_main(), logging_steps=t.logging_steps,
                         logging_first_step=t.logging_first_step)
     start = check(config, reporter)
@@ -291,7 +293,7 @@ def run(config: RunConfig) -> dict[str, Any]:
         before = parts.evaluator(parts.engine) if progress.step == 0 else {}
         reporter.evaluated(0, before, when="before")
         start_step = progress.step
-        seconds = loop(config, parts, reporter, guard)
+        seconds = loop(config, parts, reporter, guard, stop)
         results = finish(parts, reporter, out, seconds, start_step, before)
         reporter.close(exit_code=0)
         return results
@@ -365,6 +367,8 @@ def write_run_files(config: RunConfig, parts: Parts, ds: dict[str, Any], reporte
     if dist.is_main():
         if not parts.found:
             outdir.clear_previous_run(out, checkpoints=t.overwrite_output_dir)
+        elif parts.progress.step < parts.schedule.total_steps:  # training further: the last export is stale
+            outdir.clear_results(out)
         (out / "ds_config.json").write_text(json.dumps(ds, indent=2))
         (out / "run_config.json").write_text(json.dumps(redact.redact(
             {**config.to_dict(), "objective_resolved": f["objective"], "model_type": f["model_type"]}), indent=2))

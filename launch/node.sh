@@ -13,6 +13,10 @@
 # script and the Kubernetes Job read as "stopped, resume me".
 set -euo pipefail
 
+if [ "${BASH_VERSINFO[0]}" -lt 5 ] || { [ "${BASH_VERSINFO[0]}" = 5 ] && [ "${BASH_VERSINFO[1]}" -lt 1 ]; }; then
+    echo "dslm: error: $0 needs bash 5.1 or newer (wait -n -p), this is $BASH_VERSION: install a newer bash" >&2
+    exit 2
+fi
 if [ $# -lt 4 ]; then
     echo "usage: $0 HOSTFILE NODE_RANK MASTER_ADDR train [dslm flags]" >&2
     exit 2

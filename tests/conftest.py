@@ -184,7 +184,8 @@ def reload_and_evaluate(out: Path, objective: str) -> float:
     validation = validation["validation"]
     limit = run_config["data"]["max_eval_samples"] or len(validation)
     validation = validation.select(range(min(limit, len(validation)))).with_format("python")
-    collate = objectives.Collator(objective, tokenizer, ObjectiveConfig(**run_config["objective"]))
+    collate = objectives.Collator(objective, tokenizer, ObjectiveConfig(**run_config["objective"]),
+                                  run_config["data"]["max_seq_length"])
     train = run_config["train"]
     figures = evaluation.evaluate(model, validation, collate, objective, train["per_device_eval_batch_size"],
                                   torch.device("cpu"), train["seed"])

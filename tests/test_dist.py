@@ -69,3 +69,55 @@ def test_srun_tasks_without_a_master_address_are_refused():
     env = {"SLURM_PROCID": "1", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4"}
     with pytest.raises(ConfigError, match="srun started 4 tasks but MASTER_ADDR is not set"):
         dist.fill_launcher_env(env)
+
+
+class FakeStore:
+    """The few calls of torch's key-value store the waits use."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def check(self, keys: list[str]) -> bool:
+        return all(k in self.data for k in keys)
+
+    def get(self, key: str) -> bytes:
+        return self.data[key]
+
+    def set(self, key: str, value: str | bytes) -> None:
+        self.data[key] = value.encode() if isinstance(value, str) else value
+
+
+@pytest.fixture
+def waiting(monkeypatch):
+    """A waiter on a fake store with a fake clock: each poll advances it by 10 s and does not sleep."""
+    store, clock = FakeStore(), [0.0]
+    monkeypatch.setattr(dist, "_store", lambda: store)
+    monkeypatch.setattr(dist.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(dist.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + 10))
+    monkeypatch.setattr(dist, "LEADERS", [0, 2])
+    return store, clock
+
+
+def test_a_wait_without_timeout_ends_when_another_rank_says_it_failed(waiting):
+    store, _ = waiting
+    waiter = dist._Waiter("rank 0 to train the tokenizer")
+    waiter.poll()
+    store.set(dist._key("failed"), "rank 2 failed: local rank 0 failed to build the tokenized data")
+    with pytest.raises(dist.PeerLost, match="^rank 2 failed: local rank 0 failed to build the tokenized data; this "
+                                            "rank was waiting for rank 0 to train the tokenizer$"):
+        waiter.poll()
+
+
+def test_a_wait_without_timeout_ends_when_a_node_stops_beating(waiting):
+    store, clock = waiting
+    waiter = dist._Waiter("the other nodes to build the tokenized data")
+    for beat in range(1, 30):  # rank 0 beats on, rank 2's count stays at 3
+        store.set(dist._key("alive/0"), str(beat))
+        store.set(dist._key("alive/2"), "3")
+        try:
+            waiter.poll()
+        except dist.PeerLost as exc:
+            assert str(exc).startswith("rank 2's node stopped answering (1")  # after more than 120 s
+            assert clock[0] > dist.STALE_S
+            return
+    raise AssertionError("a node without a heartbeat was waited for forever")

@@ -83,3 +83,14 @@ def test_xlnet_attention_biases_get_no_weight_decay():
     xlnet = XLNetLMHeadModel(XLNetConfig(d_model=32, n_layer=1, n_head=2, d_inner=64, vocab_size=100))
     decay, _ = param_groups(xlnet, weight_decay=0.01)
     assert {n for n in names(xlnet, decay["params"]) if "bias" in n} == set()
+
+
+def test_zero3_partitioned_parameters_are_grouped_by_their_real_shape():
+    """Under ZeRO-3's partitioned build a parameter holds an empty tensor; its shape is ds_shape."""
+    matrix, bias = torch.nn.Parameter(torch.empty(0)), torch.nn.Parameter(torch.empty(0))
+    matrix.ds_shape, bias.ds_shape = torch.Size([4, 4]), torch.Size([4])
+    module = torch.nn.Module()
+    module.register_parameter("weight", matrix)
+    module.register_parameter("other", bias)
+    decay, no_decay = param_groups(module, 0.1)
+    assert decay["params"] == [matrix] and no_decay["params"] == [bias]

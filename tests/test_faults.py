@@ -58,7 +58,9 @@ def step_losses(out: Path) -> dict[int, float]:
 
 
 def test_a_job_killed_anywhere_a_dozen_times_ends_as_one_that_never_stopped(tmp_path):
-    seed = int(os.environ.get("DSLM_FAULT_SEED", random.randrange(10**6)))
+    # A fixed seed by default, so CI runs the same schedule; DSLM_FAULT_SEED=random draws a new one.
+    chosen = os.environ.get("DSLM_FAULT_SEED", "587900")
+    seed = random.randrange(10**6) if chosen == "random" else int(chosen)
     print(f"fault schedule seed {seed} (DSLM_FAULT_SEED={seed} repeats it)", file=sys.stderr)
     reference = tmp_path / "reference"
     deepspeed(2, *flags(reference, tmp_path / "reference-cache"))

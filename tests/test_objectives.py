@@ -178,3 +178,13 @@ def test_masked_batches_of_a_tokenizer_that_pads_on_the_left_or_has_no_type_ids(
             [{"input_ids": ids, "special_tokens_mask": [0] * len(ids)}, {"input_ids": ids[:3],
                                                                         "special_tokens_mask": [0] * 3}])
         assert batch["labels"][1, 3:].eq(-100).all() and set(batch) == {"input_ids", "labels", "attention_mask"}
+
+
+def test_line_padding_stops_at_the_sequence_length(real_tokenizers):
+    """Rounding up to a multiple of 8 must not go past --max_seq_length: the model's positions may end there."""
+    tok = real_tokenizers["gpt2"]
+    ids = tok("the interpreter evaluates expressions and statements " * 4)["input_ids"][:30]
+    collate = objectives.Collator("clm", tok, ObjectiveConfig(), max_length=30)
+    assert collate([{"input_ids": ids}, {"input_ids": ids[:7]}])["input_ids"].shape == (2, 30)
+    assert objectives.Collator("clm", tok, ObjectiveConfig())([{"input_ids": ids}, {"input_ids": ids[:7]}])[
+        "input_ids"].shape == (2, 32)
