@@ -33,6 +33,10 @@ BENCHES = {  # name -> (command, quick extra flags)
     "scaling": (["-m", "bench.scaling", "--out", str(RESULTS / "scaling.json")], ["--steps", "6", "--repeats", "1"]),
     "zero3": (["bench/zero3_memory.py", "--out", str(RESULTS / "zero3_memory.json")], ["--steps", "1"]),
     "gpu": (["-m", "bench.gpu", "--out", str(RESULTS / "gpu.json")], ["--steps", "20", "--budget_s", "200"]),
+    "prep_memory": (["bench/prep_memory.py", "--json", str(RESULTS / "prep_memory.json")],
+                    ["--sizes_gb", "0.05", "0.2"]),
+    "stream_resume": (["bench/stream_resume.py", "--json", str(RESULTS / "stream_resume.json")],
+                      ["--size_gb", "0.2", "--repeats", "1"]),
 }
 
 
@@ -114,6 +118,20 @@ def summary() -> str:
                          f"{r['dslm_vs_run_lm']:.2f}", verdict(r["dslm_vs_run_lm"] >= 2)])
             rows.append([f"data preparation, {r['objective']}, dslm / encode_batch", ">= 0.70",
                          f"{r['dslm_vs_encode_batch']:.2f}", verdict(r["dslm_vs_encode_batch"] >= 0.7)])
+    prep = load("prep_memory")
+    if prep:
+        mine = [r for r in prep["results"] if r["side"] == "dslm"]
+        if len(mine) >= 2:
+            big, small = mine[-1], mine[0]
+            ratio = big["peak_rss_mb"] / small["peak_rss_mb"]
+            rows.append([f"dslm prepare peak RSS, {big['corpus_gb']:.1f} GB / {small['corpus_gb']:.1f} GB corpus",
+                         "<= 1.2", f"{ratio:.2f}", verdict(ratio <= 1.2)])
+            rows.append([f"dslm prepare peak RSS, {big['corpus_gb']:.1f} GB corpus", "< 2 GB",
+                         f"{big['peak_rss_mb']:,.0f} MB", verdict(big["peak_rss_mb"] < 2048)])
+    stream = load("stream_resume")
+    if stream:
+        rows.append(["stream resume, start to first step, at 50% / at 1% of the stream", "<= 1.5",
+                     f"{stream['ratio']:.2f}", verdict(stream["ratio"] <= 1.5)])
     loop = load("loop")
     if loop:
         rows.append(["loop overhead, dslm step / bare step - 1", "<= 3%", f"{100 * loop['overhead']:+.1f}%",

@@ -234,7 +234,8 @@ class Checkpointer:
         return {"checkpoint/save_seconds": self.last_seconds, "checkpoint/size_mb": (self.last_size or 0) / 2**20}
 
     def save(self, engine: Any, module: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
-             progress: Progress) -> Path:
+             progress: Progress, extra: dict[str, Any] | None = None) -> Path:
+        """`extra`: more of the state rank 0 writes (a stream's reader positions)."""
         step = progress.step
         if not nonfinite.weights_finite(module):
             raise NonFinite(f"the weights hold inf/NaN at step {step}: checkpoint {tag(step)} is not written "
@@ -248,7 +249,7 @@ class Checkpointer:
                 engine.save_checkpoint(str(self.root), tag=tag(step), client_state={}, save_latest=False)
             torch.save(rng_state(), tag_dir / f"rng_state_{dist.rank():05d}.pt")
             if dist.is_main():
-                state = {**progress.to_dict(), **self.facts, "run_fingerprint": self.dir.fingerprint}
+                state = {**progress.to_dict(), **self.facts, **(extra or {}), "run_fingerprint": self.dir.fingerprint}
                 (tag_dir / STATE).write_text(json.dumps(state, indent=2))
                 module.config.save_pretrained(str(tag_dir))
                 tokenizer.save_pretrained(str(tag_dir))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import os
@@ -168,6 +169,10 @@ def _exit_done() -> None:
     if distributed is not None and distributed.is_initialized():
         sys.stdout.flush()
         sys.stderr.flush()
+        # Rank 0 hosts the process group's store: leaving before the other ranks are done polling it (the
+        # last store-based wait) fails them with "Failed to recv". A last barrier lets them finish first.
+        with contextlib.suppress(Exception):
+            distributed.barrier()
         os._exit(0)
 
 

@@ -77,6 +77,11 @@ class DataConfig:
     max_train_samples: int | None = _help("keep only the first N training examples (after packing)")
     max_eval_samples: int | None = _help("keep only the first N validation examples (after packing)")
     streaming: bool = _help("stream and tokenize on the fly, no cache (needs --max_steps)", False)
+    tokenizer_train_samples: int = _help("rows of the training data (drawn the same way on every run) that train "
+                                         "a new tokenizer", 100_000)
+    num_shards: int | None = _help("the cache is prepared in N slices (dslm prepare --shard_index I on N "
+                                   "machines); default: one, or the complete set found in the cache")
+    shard_index: int | None = _help("dslm prepare: build slice I of --num_shards only")
 
 
 @dataclass
@@ -236,6 +241,18 @@ class RunConfig:
             raise ConfigError("--dataset_name and --train_file/--validation_file conflict: use one data source")
         if d.validation_file and not d.train_file:
             raise ConfigError("--validation_file needs --train_file")
+        if d.tokenizer_train_samples < 1:
+            raise ConfigError(f"--tokenizer_train_samples must be at least 1, got {d.tokenizer_train_samples}")
+        if d.num_shards is not None and d.num_shards < 1:
+            raise ConfigError(f"--num_shards must be at least 1, got {d.num_shards}")
+        if d.shard_index is not None and d.num_shards is None:
+            raise ConfigError("--shard_index needs --num_shards: the number of slices the cache is cut in")
+        if d.shard_index is not None and not 0 <= d.shard_index < d.num_shards:
+            raise ConfigError(f"--shard_index {d.shard_index} is out of range for --num_shards {d.num_shards}: use "
+                              f"0 to {d.num_shards - 1}")
+        if d.streaming and (d.num_shards is not None or d.max_train_samples):
+            raise ConfigError("--streaming reads the training text as it trains: drop --num_shards/--shard_index "
+                              "and --max_train_samples (use --max_steps to bound the run)")
         if d.streaming and t.max_steps <= 0:
             raise ConfigError("--streaming needs --max_steps: a stream has no known length")
         for name in ("train_file", "validation_file"):

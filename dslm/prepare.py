@@ -1,4 +1,5 @@
-"""`dslm prepare`: build the tokenizer and the tokenized cache ahead of a (multi-node) launch."""
+"""`dslm prepare`: build the tokenizer and the tokenized cache ahead of a (multi-node) launch, whole or
+one slice of it per machine (--num_shards N --shard_index I)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,21 @@ from dslm.config import RunConfig
 from dslm.data import cache
 
 
-def run(config: RunConfig) -> cache.Prepared:
+def run(config: RunConfig) -> None:
     spec = model.resolve(config)
     if dist.is_main():
         for warning in spec.warnings:
             print(warning, file=sys.stderr, flush=True)
+    d = config.data
+    if d.shard_index is not None:
+        record = cache.prepare_slice(config, spec.family, spec.objective, spec.tokenizer)
+        counts = ", ".join(f"{split} {record['units'][split]:,} units / {record['tokens'][split]:,} tokens"
+                           for split in record["units"])
+        print(f"prepared slice {d.shard_index} of {d.num_shards} ({counts}) in {record['path']}; once every slice "
+              f"is there, `dslm train` with the same flags and --num_shards {d.num_shards} reads them all")
+        return
     prepared = cache.prepare(config, spec.family, spec.objective, spec.tokenizer)
     n_val = len(prepared.validation) if prepared.validation is not None else 0
-    n_train = "streamed" if config.data.streaming else len(prepared.train)
+    n_train = "streamed" if d.streaming else len(prepared.train)
     print(f"prepared {n_train} train / {n_val} eval examples for {spec.objective} ({spec.family}) "
           f"in {config.cache_dir} (fingerprint {prepared.fingerprint}); `dslm train` with the same flags reuses it")
-    return prepared

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from dslm import atomic, dist
@@ -122,11 +123,14 @@ def train_once(directory: Path, family: str, vocab_size: int, texts: Callable[[]
     dist.barrier()
 
     def trained_files() -> dict[str, bytes]:
-        if not directory.exists():
-            corpus = texts()
-            batches = (corpus[i:i + 1000] for i in range(0, len(corpus), 1000))
-            trained = train(family, batches, vocab_size, objective)
-            atomic.write_directory(directory, lambda tmp: trained.save_pretrained(str(tmp)))
+        # The lock makes the slices of `dslm prepare` on several machines (sharing the cache) train it once.
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(directory) + ".lock"):
+            if not directory.exists():
+                corpus = texts()
+                batches = (corpus[i:i + 1000] for i in range(0, len(corpus), 1000))
+                trained = train(family, batches, vocab_size, objective)
+                atomic.write_directory(directory, lambda tmp: trained.save_pretrained(str(tmp)))
         return {p.name: p.read_bytes() for p in directory.iterdir()}
 
     files = dist.from_rank0(f"tokenizer/{directory.name}", trained_files, "rank 0 to train the tokenizer")

@@ -33,7 +33,7 @@ from dslm import schedule as schedules
 from dslm import tokenizer as tok
 from dslm.checkpoint import Checkpointer, Checkpoints
 from dslm.config import RunConfig
-from dslm.data import cache, sampler, sources
+from dslm.data import cache, sampler, sources, stream
 from dslm.errors import ConfigError, PeerLost, Stopped
 from dslm.evaluation import Evaluator
 from dslm.export import export
@@ -64,6 +64,7 @@ class Parts:
     prepared: cache.Prepared
     forward: objectives.Forward
     loader: DataLoader
+    collate: objectives.Collator
     position: Any  # what the loader resumes by: the ResumableSampler, or the stream
     schedule: Schedule
     progress: Progress
@@ -80,9 +81,13 @@ def check(config: RunConfig, reporter: Reporter) -> Start:
     t = config.train
     if config.logging.report_to != "none":
         trackers.check_environment()
+    if config.data.shard_index is not None:
+        raise ConfigError("--shard_index prepares one slice of the cache: it is for `dslm prepare`; train with "
+                          "--num_shards N alone")
     spec = model.resolve(config)
     for warning in spec.warnings:
         reporter.say(warning, file=sys.stderr)
+    cache.check_slices(config, spec.family, spec.objective, spec.tokenizer)
     ds_source = str(ds_config.locate(t.deepspeed))
     ds_raw = ds_config.load(t.deepspeed)
     fingerprint = outdir.run_fingerprint(config, spec.objective, spec.family, sources.content_fingerprint(config.data))
@@ -137,6 +142,8 @@ def build(config: RunConfig, start: Start, reporter: Reporter) -> Parts:
     progress = Progress()
     if found:
         progress = checkpoint.resume(eng, found, resume_from, world)
+        if streaming:  # each reader goes straight to its position: nothing consumed is read again
+            progress.epoch, progress.samples_in_epoch = prepared.train.restore(found.state.get("stream")), 0
         reporter.say(f"resumed from {found.path} at step {progress.step} ({progress.samples} samples seen)")
         reporter.resumed(progress.step)
 
@@ -148,10 +155,11 @@ def build(config: RunConfig, start: Start, reporter: Reporter) -> Parts:
     # resumed mid-epoch would diverge from one that never stopped.
     loader_rng = torch.Generator()
     loader_rng.manual_seed(t.seed + rank)
+    # Lists of samples: sampler.micro_batches collates them in this process (see there).
     loader = DataLoader(prepared.train, batch_size=micro, sampler=None if streaming else position,
-                        collate_fn=collate, drop_last=True, num_workers=t.dataloader_num_workers,
-                        pin_memory=not start.on_cpu, generator=loader_rng,
-                        # a stream's workers must see each pass's skip: no persistent workers
+                        collate_fn=list, drop_last=True, num_workers=t.dataloader_num_workers,
+                        generator=loader_rng,
+                        # a stream's workers must see each pass's number: no persistent workers
                         persistent_workers=t.dataloader_num_workers > 0 and not streaming)
 
     stage = ds_config.zero_stage(ds)
@@ -166,14 +174,15 @@ def build(config: RunConfig, start: Start, reporter: Reporter) -> Parts:
                                 save_steps=t.save_steps, limit=t.save_total_limit, milestone=t.save_milestone_steps)
     evaluator = Evaluator(prepared.validation, collate, spec.objective, t.per_device_eval_batch_size, t.seed,
                           t.eval_steps, forward)
-    return Parts(eng, module, prepared, forward, loader, position, plan, progress, found, checkpoints, checkpointer,
-                 evaluator, facts)
+    return Parts(eng, module, prepared, forward, loader, collate, position, plan, progress, found, checkpoints,
+                 checkpointer, evaluator, facts)
 
 
 def save(parts: Parts, reporter: Reporter, unlogged_tokens: int) -> Path:
     """A checkpoint of where training is now (with the tokens since the last log), its cost logged."""
     progress = dataclasses.replace(parts.progress, tokens_seen=parts.progress.tokens_seen + unlogged_tokens)
-    path = parts.checkpointer.save(parts.engine, parts.module, parts.prepared.tokenizer, progress)
+    extra = {"stream": parts.position.snapshot()} if isinstance(parts.position, stream.StreamBlocks) else {}
+    path = parts.checkpointer.save(parts.engine, parts.module, parts.prepared.tokenizer, progress, extra)
     reporter.log(progress.step, parts.checkpointer.figures())
     return path
 
@@ -184,7 +193,8 @@ def loop(config: RunConfig, parts: Parts, reporter: Reporter, guard: nonfinite.G
     gas, samples_per_micro = t.gradient_accumulation_steps, t.per_device_train_batch_size * dist.world_size()
     window = metrics.Window(eng.device)
     logger = StepFigures(config, parts, guard)
-    batches = sampler.micro_batches(parts.loader, parts.position, progress.epoch, progress.samples_in_epoch)
+    batches = sampler.micro_batches(parts.loader, parts.position, progress.epoch, progress.samples_in_epoch,
+                                    parts.collate)
     started = time.perf_counter()
     eng.train()
     while progress.step < total:

@@ -170,18 +170,20 @@ def prepare_data(tmp_path: Path, **flags):
 def reload_and_evaluate(out: Path, objective: str) -> float:
     """Eval loss of OUTPUT_DIR/final loaded by transformers alone, on the batches the engine evaluated (the
     run's own validation cache, eval batch size, sample limit and seed)."""
-    import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     from dslm import evaluation, objectives
     from dslm.config import ObjectiveConfig
+    from dslm.data import slices
 
     run_config = json.loads((out / "run_config.json").read_text())
     model = (AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM).from_pretrained(out / "final")
     tokenizer = AutoTokenizer.from_pretrained(out / "final")
-    validation = datasets.load_from_disk(str(out / "cache" / f"tokenized-{results(out)['data_fingerprint']}"))
-    validation = validation["validation"]
+    data_dir = out / "cache" / f"tokenized-{results(out)['data_fingerprint']}"
+    block = None if run_config["data"]["line_by_line"] else run_config["data"]["max_seq_length"]
+    params = json.loads((data_dir / "slice-00000-of-00001" / "dslm_cache.json").read_text())["params"]
+    validation = slices.load([data_dir / "slice-00000-of-00001"], params, block)["validation"]
     limit = run_config["data"]["max_eval_samples"] or len(validation)
     validation = validation.select(range(min(limit, len(validation)))).with_format("python")
     collate = objectives.Collator(objective, tokenizer, ObjectiveConfig(**run_config["objective"]),

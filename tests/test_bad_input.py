@@ -131,6 +131,20 @@ def test_data_files_that_cannot_be_used(tmp_path, out):
     assert not out.exists()
 
 
+def test_slices_that_cannot_be_used(tmp_path, out):
+    cache = ["--cache_dir", str(tmp_path / "cache")]
+    for args, message in ((["--num_shards", "2", "--shard_index", "2"], "--shard_index 2 is out of range for "
+                                                                         "--num_shards 2: use 0 to 1"),
+                          (["--num_shards", "0"], "--num_shards must be at least 1"),
+                          (["--tokenizer_train_samples", "0"], "--tokenizer_train_samples must be at least 1")):
+        result = forked.run(["prepare", "--output_dir", str(out), *cache, *args])
+        assert result.code == 2 and message in error_line(result), result.err[-2000:]
+    assert not out.exists() and not (tmp_path / "cache").exists()
+    refused([*tiny(out), *cache, "--num_shards", "2", "--shard_index", "0"], "it is for `dslm prepare`")
+    refused([*tiny(out), *cache, "--num_shards", "2"], "no slice of 2 is prepared")
+    assert not out.exists()
+
+
 def CORPUS_FILE(tmp_path: Path) -> Path:  # noqa: N802 - reads as a constant at the call sites
     path = tmp_path / "corpus.txt"
     if not path.exists():

@@ -43,6 +43,13 @@ def test_fire_tuples_become_strings():
     ({"bogus": 1}, "unknown flag --bogus"),
     ({"train_file": "/nonexistent/file.txt"}, "no such file"),
     ({"validation_file": "v.txt"}, "--validation_file needs --train_file"),
+    ({"num_shards": 0}, "--num_shards must be at least 1, got 0"),
+    ({"shard_index": 0}, "--shard_index needs --num_shards"),
+    ({"num_shards": 4, "shard_index": 4}, "--shard_index 4 is out of range for --num_shards 4: use 0 to 3"),
+    ({"num_shards": 4, "shard_index": -1}, "--shard_index -1 is out of range"),
+    ({"tokenizer_train_samples": 0}, "--tokenizer_train_samples must be at least 1, got 0"),
+    ({"streaming": True, "max_steps": 5, "max_train_samples": 10}, "drop --num_shards/--shard_index and "
+                                                                    "--max_train_samples"),
 ])
 def test_bad_values_are_refused_with_the_flag_named(flags, message):
     with pytest.raises(ConfigError, match=message):

@@ -22,10 +22,10 @@ def test_cache_is_reused_and_rebuilt_when_inputs_change(tmp_path, text_file):
     out = tmp_path / "out"
     first = prepare(tmp_path, train_file=str(text_file), output_dir=str(out), max_seq_length=32)
     cache = out / "cache" / f"tokenized-{first.fingerprint}"
-    stamp = (cache / "dslm_cache.json").stat().st_mtime_ns
+    stamp = (cache / "slice-00000-of-00001" / "dslm_cache.json").stat().st_mtime_ns
     again = prepare(tmp_path, train_file=str(text_file), output_dir=str(out), max_seq_length=32)
     assert again.fingerprint == first.fingerprint
-    assert (cache / "dslm_cache.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert (cache / "slice-00000-of-00001" / "dslm_cache.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
 
     longer = prepare(tmp_path, train_file=str(text_file), output_dir=str(out), max_seq_length=48)
     assert longer.fingerprint != first.fingerprint
@@ -36,7 +36,7 @@ def test_cache_is_reused_and_rebuilt_when_inputs_change(tmp_path, text_file):
     assert other_tok.fingerprint != edited.fingerprint
 
     prepare(tmp_path, train_file=str(text_file), output_dir=str(out), max_seq_length=32, overwrite_cache=True)
-    rebuilt = out / "cache" / f"tokenized-{edited.fingerprint}" / "dslm_cache.json"
+    rebuilt = out / "cache" / f"tokenized-{edited.fingerprint}" / "slice-00000-of-00001" / "dslm_cache.json"
     assert rebuilt.stat().st_mtime_ns > stamp
 
 

@@ -1,10 +1,10 @@
 """Encoding: the Rust fast path gives exactly what the tokenizer's own call gives."""
 
+import datasets
+import pyarrow as pa
 import pytest
-from datasets import Dataset
 
 from dslm.data import encode, sources
-from dslm.data.pack import pack
 
 # Texts that exercise what a tokenizer can get wrong: accents, CJK, emoji, odd whitespace, control
 # characters, special tokens of every family written in the text, and a long one (truncation).
@@ -34,9 +34,9 @@ def test_rust_path_gives_exactly_what_the_tokenizer_call_gives(family):
                         ["input_ids", "special_tokens_mask", "offset_mapping"]):
             enc = encode.Encoder(tokenizer, columns, line_by_line=line_by_line, max_seq_length=32)
             assert enc.rust is not None  # the fast path is the one under test
-            ds = encode.tokenize(Dataset.from_dict({"text": texts}), tokenizer, columns, line_by_line=line_by_line,
-                               max_seq_length=32, num_proc=None)
-            assert ds.features == encode.features(columns)
+            arrays = next(encode.encoded(enc, iter([texts])))
+            ds = datasets.Dataset(datasets.table.InMemoryTable(pa.table(arrays)).cast(encode.features(columns)
+                                                                                        .arrow_schema))
             streamed = encode.encoder(tokenizer, columns, line_by_line=line_by_line, max_seq_length=32)(texts)
             for name, extra in (("input_ids", eos), ("special_tokens_mask", 1), ("offset_mapping", (0, 0))):
                 if name in columns:
@@ -60,15 +60,19 @@ def test_a_tokenizer_that_encodes_in_python_keeps_its_call():
     assert enc.rows(enc.encode(["hello"]))["input_ids"] == [tokenizer(["hello"])["input_ids"][0]]
 
 
-def test_tokenize_in_many_batches_gives_the_same_rows(monkeypatch):
+def test_encoding_batch_after_batch_gives_the_rows_of_one_call():
     """The build encodes batch after batch (the next one while converting the last): order and
     content must not depend on where the batches are cut."""
     tokenizer = _trained("gpt2")
-    ds = Dataset.from_dict({"text": sources.builtin_texts()[:30] + TRICKY})
+    texts = sources.builtin_texts()[:30] + TRICKY
     columns = ["input_ids", "special_tokens_mask", "offset_mapping"]
-    whole = encode.tokenize(ds, tokenizer, columns, line_by_line=False, max_seq_length=32, num_proc=None)
-    monkeypatch.setattr(encode, "ENCODE_BATCH_BYTES", 2000)  # many batches, some of a single long text
-    assert len(list(encode._text_batches(ds, encode.ENCODE_BATCH_BYTES))) > 10
-    cut = encode.tokenize(ds, tokenizer, columns, line_by_line=False, max_seq_length=32, num_proc=None)
-    assert cut.to_dict() == whole.to_dict()
-    assert pack(cut, 32).to_dict() == pack(whole, 32).to_dict()
+    enc = encode.Encoder(tokenizer, columns, line_by_line=False, max_seq_length=32)
+    whole = enc.rows(enc.encode(texts))
+    cuts = [texts[i:i + 7] for i in range(0, len(texts), 7)]
+    got: dict[str, list] = {name: [] for name in columns}
+    for arrays in encode.encoded(enc, iter(cuts)):
+        for name in columns:
+            got[name] += [list(map(list, r)) if name == "offset_mapping" else r for r in arrays[name].to_pylist()]
+    assert got["input_ids"] == whole["input_ids"]
+    assert got["special_tokens_mask"] == whole["special_tokens_mask"]
+    assert got["offset_mapping"] == [[list(pair) for pair in row] for row in whole["offset_mapping"]]

@@ -43,3 +43,46 @@ def test_dataset_name_loads_a_local_dataset_directory(tmp_path):
     (folder / "validation.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in builtin_texts()[20:23]))
     prepared = prepare(tmp_path, dataset_name=str(folder), max_seq_length=32)
     assert len(prepared.train) > 50 and len(prepared.validation) > 5
+
+
+def test_an_edited_dataset_folder_is_prepared_again(tmp_path):
+    from dslm.data.sources import builtin_texts
+
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in builtin_texts()[:20]))
+    first = prepare(tmp_path, dataset_name=str(folder), max_seq_length=32)
+    assert prepare(tmp_path, dataset_name=str(folder), max_seq_length=32).fingerprint == first.fingerprint
+    (folder / "train.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in builtin_texts()[:40]))
+    edited = prepare(tmp_path, dataset_name=str(folder), max_seq_length=32, tokenizer_name=None)
+    assert edited.fingerprint != first.fingerprint
+    assert len(edited.train) > len(first.train)
+
+
+def test_the_tokenizer_sample_is_bounded_and_the_same_on_every_run():
+    from datasets import Dataset
+
+    from dslm.data.sources import Raw, builtin_texts
+
+    raw = Raw.of(Dataset.from_dict({"text": builtin_texts()}), "text")
+    sample = raw.sample(25)
+    assert len(sample) == 25 and sample == raw.sample(25) and set(sample) <= set(builtin_texts())
+    assert sample != builtin_texts()[:25]  # drawn from the whole corpus, not its head
+    assert raw.sample(10**6) == [t for t in builtin_texts() if t.strip()]
+
+
+def test_a_hub_dataset_is_keyed_by_datasets_own_identity(monkeypatch):
+    import datasets
+
+    from dslm.config import RunConfig
+    from dslm.data import sources
+
+    class Builder:
+        config_id, hash = "default-abc", "h1"
+
+    monkeypatch.setattr(datasets, "load_dataset_builder", lambda *a, **k: Builder())
+    config = RunConfig.from_flags(dataset_name="someone/corpus")
+    first = sources.source_fingerprint(config.data)
+    Builder.config_id = "default-def"  # the hub's data files resolved to another revision
+    assert sources.source_fingerprint(config.data) != first
+    assert sources.content_fingerprint(config.data) == sources.content_fingerprint(config.data)

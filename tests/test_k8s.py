@@ -15,7 +15,7 @@ from conftest import ROOT
 pytestmark = pytest.mark.slow  # runs the schema validators as processes
 
 K8S = ROOT / "launch" / "k8s"
-CORE = ["service.yaml", "pvc.yaml", "job.yaml"]
+CORE = ["service.yaml", "pvc.yaml", "job.yaml", "prepare-job.yaml"]
 # The Kubeflow training-operator's CRD, kept beside the project (not copied into it).
 CRD = ROOT.parent / "shared" / "k8s" / "kubeflow.org_pytorchjobs.yaml"
 
@@ -108,3 +108,17 @@ def test_the_grace_period_covers_a_checkpoint_save_and_gpus_are_requested():
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == int(env["NNODES"])
     assert pod["subdomain"] == yaml.safe_load((K8S / "service.yaml").read_text())["metadata"]["name"]
     assert job["spec"]["completionMode"] == "Indexed" and pod["restartPolicy"] == "Never"
+
+
+def test_the_prepare_job_gives_each_pod_its_slice():
+    job = yaml.safe_load((K8S / "prepare-job.yaml").read_text())
+    spec = job["spec"]
+    container = spec["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert spec["completionMode"] == "Indexed"
+    assert int(env["NUM_SHARDS"]) == spec["completions"] == spec["parallelism"]
+    command = " ".join(container["args"])
+    assert '--num_shards "$NUM_SHARDS" --shard_index "$JOB_COMPLETION_INDEX"' in command
+    assert int(env["WORKERS"]) == int(container["resources"]["requests"]["cpu"])
+    claim = spec["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+    assert claim == yaml.safe_load((K8S / "pvc.yaml").read_text())["metadata"]["name"]

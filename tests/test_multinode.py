@@ -252,6 +252,12 @@ def scontrol_job(job_id: str, env: dict[str, str]) -> dict[str, str]:
     return dict(field.split("=", 1) for field in text.split() if "=" in field)
 
 
+def nodes_idle(env: dict[str, str]) -> bool:
+    text = subprocess.run(["scontrol", "show", "node", "-o"], env=env, capture_output=True, text=True).stdout
+    states = re.findall(r"State=(\S+)", text)
+    return bool(states) and all(state.startswith("IDLE") and "COMPLETING" not in state for state in states)
+
+
 @pytest.mark.parametrize("mode", ["deepspeed", "srun"])
 def test_slurm_time_limit_signal_requeues_the_job_which_resumes_and_completes(slurm, tmp_path, mode):
     """The time-limit signal as SLURM sends it (SIGTERM to every process of the job's steps: scancel --signal,
@@ -273,9 +279,11 @@ def test_slurm_time_limit_signal_requeues_the_job_which_resumes_and_completes(sl
     subprocess.run(["scancel", "--signal=TERM", job_id], env=job_env, check=True)
     released = False
     while (job := scontrol_job(job_id, job_env)).get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED"):
-        if not released and job.get("JobState") == "PENDING" and job.get("Restarts") == "1":
+        if not released and job.get("JobState") == "PENDING" and job.get("Restarts") == "1" and nodes_idle(job_env):
             # SLURM makes a requeued batch job eligible again only minutes later (its BeginTime): not what is
-            # under test, so the test moves it to now.
+            # under test, so the test moves it to now, once the nodes have let go of the job's first run (a
+            # slurmd refuses to relaunch a job it is still killing: "Job credential revoked", seen once).
+            time.sleep(3)
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=job_env, check=True)
             released = True
         assert time.time() < deadline + 300, f"job {job_id} did not end: {job}\n{log.read_text()[-4000:]}"
@@ -290,6 +298,39 @@ def test_slurm_time_limit_signal_requeues_the_job_which_resumes_and_completes(sl
     print(f"SLURM {mode}: job {job_id} stopped at step {stopped.group(1)} (exit 75), requeued "
           f"(Restarts={job['Restarts']}), resumed from step {res['resumed_from_step']} and completed "
           f"({job['JobState']}, exit {job['ExitCode']})", file=sys.stderr)
+
+
+def test_a_slurm_job_array_prepares_the_slices_that_a_run_reads(slurm, tmp_path):
+    """launch/prepare.sbatch as a 3-task array on the 2-node cluster: one slice per task, the tokenizer trained
+    once; the same flags with --num_shards 3 then read the slices as the whole corpus."""
+    from conftest import prepare_data
+
+    cache_dir = tmp_path / "cache"
+    data_flags = {"max_seq_length": 32, "vocab_size": 500, "model_type": "bert"}
+    args = [a for k, v in data_flags.items() for a in (f"--{k}", str(v))]
+    job_env = {**host_env(), "SLURM_CONF": slurm["SLURM_CONF"]}
+    submitted = subprocess.run(["sbatch", "--parsable", "--array=0-2", "--cpus-per-task", "1", "--output",
+                                str(tmp_path / "prepare-%a.out"), "launch/prepare.sbatch",
+                                "--output_dir", str(tmp_path / "out"), "--cache_dir", str(cache_dir), *args],
+                               cwd=ROOT, env=job_env, capture_output=True, text=True, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    logs = [tmp_path / f"prepare-{i}.out" for i in range(3)]
+    deadline = time.time() + 300
+    while not all(log.exists() and "prepared slice" in log.read_text() for log in logs):
+        failed = [log.read_text() for log in logs if log.exists() and "error" in log.read_text()]
+        assert not failed and time.time() < deadline, "\n".join(failed) or "the array did not finish"
+        time.sleep(1)
+    for i, log in enumerate(logs):
+        assert f"prepared slice {i} of 3" in log.read_text(), log.read_text()
+    tokenizers = list(cache_dir.glob("tokenizer-*/tokenizer.json"))
+    assert len(tokenizers) == 1  # trained once, shared
+    sliced = prepare_data(tmp_path, output_dir=str(tmp_path / "out"), cache_dir=str(cache_dir), num_shards=3,
+                          **data_flags)
+    whole = prepare_data(tmp_path, output_dir=str(tmp_path / "whole"), cache_dir=str(tmp_path / "whole_cache"),
+                         tokenizer_name=str(tokenizers[0].parent), **data_flags)
+    assert sliced.fingerprint == whole.fingerprint
+    assert sliced.train["input_ids"] == whole.train["input_ids"] and len(sliced.train) > 100
+    assert sliced.validation["input_ids"] == whole.validation["input_ids"]
 
 
 def wait_for_checkpoint(out: Path, procs: list[subprocess.Popen]) -> None:

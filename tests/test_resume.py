@@ -239,3 +239,21 @@ def test_export_refuses_a_non_empty_directory_and_a_zero_stage_change(reference,
     shutil.copytree(reference, out)
     proc = deepspeed(2, *flags(out, "--deepspeed", "zero3", steps=10), check=False)
     assert proc.returncode == 2 and "was saved with ZeRO-2 and this run uses ZeRO-3" in proc.stderr
+
+
+@pytest.mark.parametrize("workers", ["0", "3"])
+def test_a_stream_resumes_exactly_where_it_stopped(tmp_path, text_file, workers):
+    """--streaming with 2 ranks (and DataLoader workers): a run killed at step 7 and run again (from its
+    checkpoint of step 5) gives the losses of a run that never stopped; each reader resumes at its position."""
+    extra = ("--streaming", "--train_file", str(text_file), "--dataloader_num_workers", workers,
+             "--per_device_train_batch_size", "2", "--save_steps", "5", "--max_seq_length", "32")
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    deepspeed(2, *flags(reference, *extra, steps=10))
+    killed = launch_background(out, *extra, steps=10, extra_env={"PYTHONPATH": FAULTS, "DSLM_TEST_KILL": "step:7"})
+    assert killed.wait(timeout=300) != 0
+    deepspeed(2, *flags(out, *extra, steps=10))
+    state = json.loads((out / "checkpoints" / "step-00000005" / "dslm_state.json").read_text())
+    readers = 2 * max(1, int(workers))
+    assert state["stream"]["readers"] == readers and len(state["stream"]["states"]) == readers
+    assert results(out)["resumed_from_step"] == 5
+    assert step_losses(out) == step_losses(reference)

@@ -71,7 +71,8 @@ def test_streaming_trains_from_a_file_without_caching_it(tmp_path, text_file):
     res = results(out)
     assert res["train"]["steps"] == 6 and res["eval"]["eval/tokens"] > 0
     caches = list((out / "cache").glob("tokenized-*"))
-    assert len(caches) == 1 and (caches[0] / "validation").exists() and not (caches[0] / "train").exists()
+    files = [p.name for p in caches[0].glob("slice-*/*.arrow")] if len(caches) == 1 else []
+    assert files == ["validation-00000.arrow"]  # the training text is never cached
 
 
 def test_prepare_builds_the_cache_that_train_then_reuses(tmp_path, text_file):
@@ -81,10 +82,10 @@ def test_prepare_builds_the_cache_that_train_then_reuses(tmp_path, text_file):
     assert "prepared" in proc.stdout
     caches = list((out / "cache").glob("tokenized-*"))
     assert len(caches) == 1
-    stamp = (caches[0] / "dslm_cache.json").stat().st_mtime_ns
+    stamp = (caches[0] / "slice-00000-of-00001" / "dslm_cache.json").stat().st_mtime_ns
     dslm("train", *flags, "--deepspeed", "ds_configs/zero0.json")
     assert list((out / "cache").glob("tokenized-*")) == caches
-    assert (caches[0] / "dslm_cache.json").stat().st_mtime_ns == stamp
+    assert (caches[0] / "slice-00000-of-00001" / "dslm_cache.json").stat().st_mtime_ns == stamp
     assert results(out)["data_fingerprint"] == caches[0].name.removeprefix("tokenized-")
 
 

@@ -12,8 +12,6 @@ from typing import Any
 import datasets
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 
@@ -134,8 +132,6 @@ def encoder(tokenizer: PreTrainedTokenizerBase, columns: list[str], *, line_by_l
     return lambda texts: enc.rows(enc.encode(texts))
 
 
-ENCODE_BATCH_BYTES = 4 << 20  # text per encode call: enough to keep every core busy, while the
-# batch's Rust Encodings (~100 bytes a token) stay around 100 MB
 _FORKED = False  # set in a child forked after this module loaded: see _rust_threads
 
 
@@ -170,18 +166,6 @@ def _rust_threads() -> Iterator[None]:
             os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
-def _text_batches(ds: Dataset, budget: int) -> Iterator[list[str]]:
-    """The 'text' column, in order, in slices of about `budget` bytes (at least one text each)."""
-    texts = ds.with_format("arrow")[:]["text"]  # zero-copy for an in-memory table
-    ends = np.cumsum(pc.binary_length(texts).fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
-    start = 0
-    while start < len(texts):
-        done = int(ends[start - 1]) if start else 0
-        stop = max(start + 1, int(np.searchsorted(ends, done + budget, side="right")))
-        yield texts.slice(start, stop - start).to_pylist()
-        start = stop
-
-
 def _to_arrow(rows: list[list], name: str) -> pa.Array:
     """Per-text lists of one column -> an Arrow list array of `features`' type, built from numpy."""
     lengths = np.fromiter(map(len, rows), np.int64, len(rows))
@@ -196,32 +180,17 @@ def _to_arrow(rows: list[list], name: str) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, np.fromiter(flat, dtype, int(offsets[-1])))
 
 
-def tokenize(ds: Dataset, tokenizer: PreTrainedTokenizerBase, columns: list[str], *, line_by_line: bool,
-             max_seq_length: int, num_proc: int | None) -> Dataset:
-    """The `columns` of every text, as an in-memory dataset (types of `features`).
+def encoded(enc: Encoder, batches: Iterator[list[str]]) -> Iterator[dict[str, pa.Array]]:
+    """Each batch's columns as Arrow list arrays (types of `features`), in order.
 
-    One process, the Rust tokenizer on every core over large batches, Arrow arrays built from numpy
-    (no datasets.map: its per-batch Python lists, writer and fingerprinting cost more than the
-    conversion here). A thread encodes the next batch while this one converts the last.
-    With `num_proc` > 1: that many processes (datasets.map forks them), one thread each.
+    The Rust tokenizer runs on every core (see `_rust_threads`) and a thread encodes the next batch
+    while this one converts the last, so conversion costs little beyond encoding.
     """
-    enc = Encoder(tokenizer, columns, line_by_line=line_by_line, max_seq_length=max_seq_length)
-    if num_proc and num_proc > 1:
-        return ds.map(lambda batch: enc.rows(enc.encode(batch["text"])), batched=True, batch_size=1000,
-                      num_proc=num_proc, remove_columns=ds.column_names, features=features(columns),
-                      desc="tokenizing")
-    chunks: dict[str, list[pa.Array]] = {name: [] for name in columns}
-    batches = _text_batches(ds, ENCODE_BATCH_BYTES)
     with _rust_threads(), ThreadPoolExecutor(1) as pool:
         pending = pool.submit(enc.encode, next(batches, []))
         while pending is not None:
-            encoded = pending.result()
+            result = pending.result()
             texts = next(batches, None)
             pending = pool.submit(enc.encode, texts) if texts is not None else None
-            for name, array in enc.arrays(encoded).items():  # one Arrow chunk per batch: list offsets are int32
-                chunks[name].append(array)
-            del encoded
-    schema = features(columns).arrow_schema
-    table = pa.table({name: pa.chunked_array(chunks[name], schema.field(name).type) for name in columns},
-                     schema=schema)
-    return Dataset(datasets.table.InMemoryTable(table))
+            yield enc.arrays(result)
+            del result

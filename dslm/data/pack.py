@@ -1,23 +1,47 @@
-"""Packing: every token of a split, concatenated and cut into blocks of one length."""
+"""Packing: every token of a split, concatenated in order and cut into blocks of one length."""
 
 from __future__ import annotations
 
-import datasets
+from collections.abc import Iterable
+
 import pyarrow as pa
-import pyarrow.compute as pc
-from datasets import Dataset
 
 
-def pack(ds: Dataset, block: int) -> Dataset:
-    """Concatenate every token of the split and cut it into `block`-token rows.
+def flat(arrays: dict[str, pa.Array]) -> pa.RecordBatch:
+    """Per-text list arrays -> one row per token (what packed slices store)."""
+    return pa.RecordBatch.from_pydict({name: array.flatten() for name, array in arrays.items()})
 
-    run_*lm.py group texts inside each map batch and drop the tail of every batch; this packs the
-    whole split at once (zero-copy in Arrow), so only the final partial block is dropped.
+
+def blocks(tables: Iterable[pa.Table], block: int) -> pa.Table:
+    """The tokens of `tables` (one row per token, in order) as `block`-token rows.
+
+    run_*lm.py group texts inside each map batch and drop the tail of every batch; here the whole
+    split is one sequence, so only its final partial block is dropped, however many slices and files
+    it was written in. The blocks are views of the (memory-mapped) tables: only a block that straddles
+    two record batches is copied.
     """
-    table = ds.data.table
-    columns = {}
-    for name in ds.column_names:
-        flat = pc.list_flatten(table.column(name)).combine_chunks()
-        n_blocks = len(flat) // block
-        columns[name] = pa.FixedSizeListArray.from_arrays(flat.slice(0, n_blocks * block), block)
-    return Dataset(datasets.table.InMemoryTable(pa.table(columns)))
+    out: list[pa.RecordBatch] = []
+    carry: pa.Table | None = None
+    for table in tables:
+        for batch in table.to_batches():
+            if carry is not None:
+                need = block - carry.num_rows
+                if batch.num_rows < need:
+                    carry = pa.concat_tables([carry, pa.Table.from_batches([batch])])
+                    continue
+                joined = pa.concat_tables([carry, pa.Table.from_batches([batch.slice(0, need)])]).combine_chunks()
+                out.append(_cut(joined.to_batches()[0], block))
+                batch, carry = batch.slice(need), None
+            whole = batch.num_rows // block * block
+            if whole:
+                out.append(_cut(batch.slice(0, whole), block))
+            if batch.num_rows > whole:
+                carry = pa.Table.from_batches([batch.slice(whole)])
+    if not out:
+        return pa.table({})
+    return pa.Table.from_batches(out)
+
+
+def _cut(batch: pa.RecordBatch, block: int) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([pa.FixedSizeListArray.from_arrays(column, block) for column in batch.columns],
+                                      names=batch.schema.names)

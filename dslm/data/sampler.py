@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
+
+from dslm.data.stream import KEY
 
 
 class ResumableSampler(torch.utils.data.Sampler):
@@ -35,13 +37,19 @@ class ResumableSampler(torch.utils.data.Sampler):
         return max(0, self.per_epoch() - self.skip) // self.world
 
 
-def micro_batches(loader: DataLoader, position: Any, epoch: int, skip: int) -> Iterator[tuple[int, Any]]:
+def micro_batches(loader: DataLoader, position: Any, epoch: int, skip: int,
+                  collate: Callable[[list[dict]], dict]) -> Iterator[tuple[int, Any]]:
     """Endless (epoch, batch) stream from `skip` samples into `epoch`; a stream restarts its pass.
 
-    `position` is the loader's ResumableSampler, or the StreamBlocks dataset when streaming.
+    `position` is the loader's ResumableSampler, or the StreamBlocks dataset when streaming. The
+    loader gives lists of samples and they are collated here, in this process: masks drawn in
+    DataLoader workers would come from the workers' random state, which a resumed run cannot restore.
     """
+    took = getattr(position, "took", None)  # a stream records where each batch it gives up came from
     while True:
         position.set_epoch(epoch, skip)
-        for batch in loader:
-            yield epoch, batch
+        for samples in loader:
+            if took is not None:
+                took([sample.pop(KEY) for sample in samples][-1])
+            yield epoch, collate(samples)
         epoch, skip = epoch + 1, 0

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import math
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-from datasets import Dataset, DatasetDict
+import numpy as np
+import pyarrow as pa
+from datasets import Dataset
 
 from dslm import inputs
 from dslm.config import DataConfig, RunConfig
@@ -22,6 +25,27 @@ def builtin_texts() -> list[str]:
     return [topics[name] for name in sorted(topics)]
 
 
+def _folder_identity(folder: Path, exact_source: bool) -> str:
+    """A local dataset folder by its files: names and sizes, and with `exact_source` their times."""
+    parts = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = path.stat()
+        parts.append(f"{path.relative_to(folder)}|{stat.st_size}" + (f"|{stat.st_mtime_ns}" if exact_source else ""))
+    return "\n".join(parts)
+
+
+def _builder_identity(cfg: DataConfig) -> str:
+    """A hub dataset by datasets' own identity of it: its configuration id (which hashes the resolved data
+    files, so a new revision of them is other data) and its builder's hash. The name alone where the
+    builder cannot be made (loading then says why)."""
+    try:
+        with inputs.quiet_datasets():
+            builder = datasets.load_dataset_builder(cfg.dataset_name, cfg.dataset_config_name)
+        return f"{builder.config_id}|{builder.hash}"
+    except Exception:  # no network, no such dataset: raw_splits reports it in one line
+        return ""
+
+
 def _fingerprint(cfg: DataConfig, exact_source: bool) -> str:
     """Identify the raw data without reading all of it: its size and first and last MiB, and with
     `exact_source` also its path and modification time (and the built-in texts themselves)."""
@@ -29,6 +53,10 @@ def _fingerprint(cfg: DataConfig, exact_source: bool) -> str:
     if cfg.dataset_name:
         name = cfg.dataset_name if exact_source else Path(cfg.dataset_name).name
         h.update(f"hub:{name}:{cfg.dataset_config_name}".encode())
+        if Path(cfg.dataset_name).is_dir():  # a local folder: an edited file is other data
+            h.update(_folder_identity(Path(cfg.dataset_name), exact_source).encode())
+        elif exact_source:
+            h.update(_builder_identity(cfg).encode())
     elif cfg.train_file:
         for path in filter(None, (cfg.train_file, cfg.validation_file)):
             stat = Path(path).stat()
@@ -57,26 +85,82 @@ def content_fingerprint(cfg: DataConfig) -> str:
     return _fingerprint(cfg, exact_source=False) + f"-{cfg.max_seq_length}"
 
 
-def string_columns(ds: Dataset) -> list[str]:
-    return [name for name, feat in ds.features.items()
-            if isinstance(feat, datasets.Value) and feat.dtype in ("string", "large_string")]
+@dataclass
+class Raw:
+    """One split's raw rows and the column holding their text: the Arrow files datasets wrote (or, for
+    the built-in corpus, a small table in memory). Files are read as streams, never memory-mapped: a
+    mapped file's pages stay resident and count against the process for as long as it maps them."""
+
+    column: str
+    rows: int
+    files: list[str]
+    table: pa.Table | None = None
+
+    @classmethod
+    def of(cls, ds: Dataset, column: str) -> Raw:
+        if ds.cache_files:
+            return cls(column, len(ds), [entry["filename"] for entry in ds.cache_files])
+        return cls(column, len(ds), [], ds.data.table)
+
+    def arrays(self) -> Iterator[pa.Array]:
+        """The text column, record batch by record batch."""
+        if self.table is not None:
+            for batch in self.table.select([self.column]).to_batches():
+                yield batch.column(0)
+            return
+        for path in self.files:
+            with pa.OSFile(path) as f:
+                for batch in pa.ipc.open_stream(f):
+                    yield batch.column(self.column)
+
+    def sample(self, n: int) -> list[str]:
+        """`n` rows drawn the same way on every run (all of them when there are fewer), in one read."""
+        picked = np.arange(self.rows) if self.rows <= n else np.sort(
+            np.random.default_rng(0).choice(self.rows, n, replace=False))
+        texts, offset = [], 0
+        for array in self.arrays():
+            lo, hi = np.searchsorted(picked, [offset, offset + len(array)])
+            if hi > lo:
+                texts += array.take(pa.array(picked[lo:hi] - offset)).to_pylist()
+            offset += len(array)
+        return [t for t in texts if isinstance(t, str) and t.strip()]
 
 
-def load_file(path: str, cache_dir: Path, text_column: str | None) -> Dataset:
-    """One file as a dataset with a single 'text' column."""
+def prepared_splits(path: str, name: str | None, data_files: dict[str, str] | None, cache_dir: Path,
+                    ) -> dict[str, tuple[list[str], int, pa.Schema]]:
+    """datasets' builder converts the data into Arrow files in the cache (in bounded memory); each split's
+    files, row count and schema. Not `load_dataset`: the Dataset it returns maps every file, and reading
+    a file of small record batches through a map makes all of it resident."""
+    builder = datasets.load_dataset_builder(path, name, data_files=data_files, cache_dir=str(cache_dir / "datasets"))
+    builder.download_and_prepare()
+    splits = {}
+    for split, info in (builder.info.splits or {}).items():
+        pattern = re.compile(rf"{re.escape(builder.dataset_name)}-{re.escape(split)}(-\d{{5}}-of-\d{{5}})?\.arrow")
+        files = sorted(str(f) for f in Path(builder.cache_dir).iterdir() if pattern.fullmatch(f.name))
+        schema = pa.schema([])  # a split without rows
+        if files:
+            with pa.OSFile(files[0]) as f:
+                schema = pa.ipc.open_stream(f).schema
+        splits[split] = (files, info.num_examples, schema)
+    return splits
+
+
+def _string_names(schema: pa.Schema) -> list[str]:
+    return [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+
+
+def load_file(path: str, cache_dir: Path, text_column: str | None) -> Raw:
+    """One file, converted by datasets into Arrow files in the cache."""
     builder = inputs.DATA_SUFFIXES[Path(path).suffix.lower()]
     try:
         with inputs.quiet_datasets():
-            ds = datasets.load_dataset(builder, data_files={"train": path}, split="train",
-                                       cache_dir=str(cache_dir / "datasets"))
+            files, rows, schema = prepared_splits(builder, None, {"train": path}, cache_dir)["train"]
     except Exception as exc:  # datasets raises many types for unreadable input
         if inputs.decode_error(exc):  # past the sampled ends of the file
             raise inputs.not_utf8(path, path, inputs.describe(inputs.decode_error(exc))) from None
         raise ConfigError(f"cannot read {path} as {builder} ({type(exc).__name__}: "
                           f"{first_line(exc)}): check the file's format") from None
-    column = inputs.pick_text_column(ds.column_names, string_columns(ds), text_column, path)
-    return ds.select_columns([column]).rename_column(column, "text") if column != "text" else ds.select_columns(
-        ["text"])
+    return Raw(inputs.pick_text_column(schema.names, _string_names(schema), text_column, path), rows, files)
 
 
 def non_empty(texts: list[str], line_by_line: bool) -> list[str]:
@@ -85,63 +169,65 @@ def non_empty(texts: list[str], line_by_line: bool) -> list[str]:
     return [text for text in texts if text and text.strip()]
 
 
-def load_corpus(config: RunConfig) -> DatasetDict:
-    """Raw text splits with one 'text' column: files, a hub dataset, or the built-in corpus."""
+def raw_splits(config: RunConfig, train: bool = True) -> dict[str, Raw]:
+    """The raw training rows and, where given, validation rows: files, a dataset, or the built-in corpus.
+    Nothing is read into memory: the units (texts or lines) are cut from these by `data.units`. Without
+    `train` (the training text streams), only a validation file."""
     cfg = config.data
-    validation = None
+    if not train:
+        return {"validation": load_file(cfg.validation_file, config.cache_dir, cfg.text_column)} \
+            if cfg.validation_file else {}
     if cfg.dataset_name:
         try:
-            loaded = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name,
-                                           cache_dir=str(config.cache_dir / "datasets"))
+            loaded = prepared_splits(cfg.dataset_name, cfg.dataset_config_name, None, config.cache_dir)
         except Exception as exc:
             raise ConfigError(f"cannot load dataset {cfg.dataset_name!r} ({type(exc).__name__}): check the name, "
                               f"or use --train_file") from None
         if "train" not in loaded:
             raise ConfigError(f"dataset {cfg.dataset_name!r} has no train split (it has {', '.join(loaded)})")
-        column = inputs.pick_text_column(loaded["train"].column_names, string_columns(loaded["train"]), cfg.text_column,
-                                    cfg.dataset_name)
-        train_texts = loaded["train"][column]
-        if "validation" in loaded:
-            validation = loaded["validation"][column]
-    elif cfg.train_file:
-        train_texts = load_file(cfg.train_file, config.cache_dir, cfg.text_column)["text"]
+        schema = loaded["train"][2]
+        column = inputs.pick_text_column(schema.names, _string_names(schema), cfg.text_column, cfg.dataset_name)
+        return {split: Raw(column, loaded[split][1], loaded[split][0]) for split in ("train", "validation")
+                if split in loaded}
+    if cfg.train_file:
+        raws = {"train": load_file(cfg.train_file, config.cache_dir, cfg.text_column)}
         if cfg.validation_file:
-            validation = load_file(cfg.validation_file, config.cache_dir, cfg.text_column)["text"]
-    else:
-        train_texts = builtin_texts()
-    train_texts = non_empty([t for t in train_texts if isinstance(t, str)], cfg.line_by_line)
-    if not train_texts:
-        raise ConfigError("the training data has no text: give a file with non-empty text")
-    if validation is not None:
-        validation = non_empty([t for t in validation if isinstance(t, str)], cfg.line_by_line)
-        if not validation:
-            raise ConfigError("the validation data has no text: give a file with non-empty text")
-    elif cfg.validation_split_percentage > 0 and len(train_texts) > 1:
-        # Like run_mlm.py: the first N% of the training data is held out.
-        n_val = max(1, math.floor(len(train_texts) * cfg.validation_split_percentage / 100))
-        validation, train_texts = train_texts[:n_val], train_texts[n_val:]
-    splits = {"train": Dataset.from_dict({"text": train_texts})}
-    if validation:
-        splits["validation"] = Dataset.from_dict({"text": validation})
-    return DatasetDict(splits)
+            raws["validation"] = load_file(cfg.validation_file, config.cache_dir, cfg.text_column)
+        return raws
+    return {"train": Raw.of(Dataset.from_dict({"text": builtin_texts()}), "text")}
 
 
-def stream_texts(config: RunConfig) -> Iterator[str]:
-    """One pass over the training texts without loading them all: for --streaming."""
+def stream_dataset(config: RunConfig) -> datasets.IterableDataset:
+    """The training rows as datasets' stream (a file of any format, or --dataset_name)."""
     cfg = config.data
     if cfg.dataset_name:
-        rows = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name, split="train", streaming=True)
-    elif cfg.train_file:
-        builder = inputs.DATA_SUFFIXES[Path(cfg.train_file).suffix.lower()]
-        rows = datasets.load_dataset(builder, data_files={"train": cfg.train_file}, split="train", streaming=True)
-    else:
-        rows = ({"text": text} for text in builtin_texts())
-    column = cfg.text_column
-    for row in _rows_or_encoding_error(rows, cfg.train_file):
+        return datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name, split="train", streaming=True)
+    builder = inputs.DATA_SUFFIXES[Path(cfg.train_file).suffix.lower()]
+    return datasets.load_dataset(builder, data_files={"train": cfg.train_file}, split="train", streaming=True)
+
+
+def row_texts(config: RunConfig, rows: Iterable[dict]) -> Iterator[str]:
+    """The text of each row ("" where it holds none), the column picked from the first row."""
+    column = config.data.text_column
+    for row in _rows_or_encoding_error(iter(rows), config.data.train_file):
         if column is None:
             strings = [k for k, v in row.items() if isinstance(v, str)]
             column = inputs.pick_text_column(list(row), strings, None, "the training data")
-        yield from non_empty([row.get(column) or ""], cfg.line_by_line)
+        text = row.get(column)
+        yield text if isinstance(text, str) else ""
+
+
+def stream_rows(config: RunConfig) -> Iterator[str]:
+    """The text of every training row, in order, without loading them all."""
+    if not (config.data.dataset_name or config.data.train_file):
+        return iter(builtin_texts())
+    return row_texts(config, stream_dataset(config))
+
+
+def stream_texts(config: RunConfig) -> Iterator[str]:
+    """The non-empty units of the stream (a tokenizer's sample is drawn from its head)."""
+    for row in stream_rows(config):
+        yield from non_empty([row], config.data.line_by_line)
 
 
 def _rows_or_encoding_error(rows: Iterator[dict], path: str | None) -> Iterator[dict]:

@@ -153,7 +153,7 @@ def patch_export(module) -> None:
 PATCHES = {
     "deepspeed.runtime.engine": patch_engine,
     "dslm.tokenizer": lambda m: wrap(m, "train", "tokenizer"),
-    "dslm.data.encode": lambda m: wrap(m, "tokenize", "cache"),
+    "dslm.data.encode": lambda m: wrap(m, "encoded", "cache"),
     "dslm.engine": lambda m: wrap(m, "build", "engine"),
     "dslm.step": lambda m: wrap(m, "train_step", "step"),
     "dslm.checkpoint": patch_checkpoint,
