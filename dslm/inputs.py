@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from dslm.errors import ConfigError, first_line
 
@@ -122,7 +123,8 @@ def first_row(path: str, builder: str) -> dict | None:
         import pyarrow.parquet as pq
 
         schema = pq.read_schema(path)  # the footer only
-        return {f.name: "" if str(f.type) in ("string", "large_string") else None for f in schema}
+        strings = string_fields(schema)
+        return {f.name: "" if f.name in strings else None for f in schema}
     if builder == "json":
         with open(path, "rb") as f:
             line = next((ln for ln in f if ln.strip()), b"")
@@ -150,8 +152,19 @@ def check_text_column(flag: str, path: str, builder: str, text_column: str | Non
                           f"{first_line(exc, 200)}): check the file's format") from None
     if row is None:
         raise ConfigError(f"--{flag} {path} holds no rows: give a file with text")
-    strings = [name for name, value in row.items() if isinstance(value, str)]
-    pick_text_column(list(row), strings, text_column, f"--{flag} {path}")
+    row_text_column(row, text_column, f"--{flag} {path}")
+
+
+def string_fields(schema: Any) -> list[str]:
+    """The names of an Arrow schema's string columns."""
+    import pyarrow as pa
+
+    return [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+
+
+def row_text_column(row: dict, wanted: str | None, where: str) -> str:
+    """`pick_text_column` for a row read as a dict: its string values are the string columns."""
+    return pick_text_column(list(row), [name for name, value in row.items() if isinstance(value, str)], wanted, where)
 
 
 def pick_text_column(columns: list[str], strings: list[str], wanted: str | None, where: str) -> str:

@@ -27,7 +27,7 @@ PREPARE = "dslm prepare"
 @dataclass
 class Prepared:
     tokenizer: PreTrainedTokenizerBase
-    train: Dataset | StreamBlocks | None  # a stream with --streaming; None for a slice of `dslm prepare`
+    train: Dataset | StreamBlocks  # a stream with --streaming
     validation: Dataset | None
     fingerprint: str  # of the raw data, tokenizer and preprocessing: names the cache
 
@@ -45,7 +45,7 @@ class Inputs:
 
     def __init__(self, config: RunConfig, family: str, objective: str,
                  tokenizer: PreTrainedTokenizerBase | None) -> None:
-        self.config, self.family = config, family
+        self.config = config
         cfg = config.data
         self.source = sources.source_fingerprint(cfg)
         if tokenizer is None:

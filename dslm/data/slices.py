@@ -46,14 +46,14 @@ class Job:
     params: str  # everything that shapes the tokens: slices of one set carry the same
 
 
-def _schemas(columns: list[str], packed: bool) -> pa.Schema:
+def _schema(columns: list[str], packed: bool) -> pa.Schema:
     rows = encode.features(columns).arrow_schema
     return pa.schema([(f.name, f.type.value_type) for f in rows]) if packed else rows
 
 
 def _write_piece(job: Job, span: Span, path: Path) -> int:
     """Units `span` encoded into one Arrow stream file; returns its token count."""
-    schema = _schemas(job.encoder.columns, job.packed)
+    schema = _schema(job.encoder.columns, job.packed)
     tokens = 0
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         for arrays in encode.encoded(job.encoder, job.counted[span.source].read(span.start, span.stop)):

@@ -145,10 +145,6 @@ def prepared_splits(path: str, name: str | None, data_files: dict[str, str] | No
     return splits
 
 
-def _string_names(schema: pa.Schema) -> list[str]:
-    return [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-
-
 def load_file(path: str, cache_dir: Path, text_column: str | None) -> Raw:
     """One file, converted by datasets into Arrow files in the cache."""
     builder = inputs.DATA_SUFFIXES[Path(path).suffix.lower()]
@@ -160,7 +156,7 @@ def load_file(path: str, cache_dir: Path, text_column: str | None) -> Raw:
             raise inputs.not_utf8(path, path, inputs.describe(inputs.decode_error(exc))) from None
         raise ConfigError(f"cannot read {path} as {builder} ({type(exc).__name__}: "
                           f"{first_line(exc)}): check the file's format") from None
-    return Raw(inputs.pick_text_column(schema.names, _string_names(schema), text_column, path), rows, files)
+    return Raw(inputs.pick_text_column(schema.names, inputs.string_fields(schema), text_column, path), rows, files)
 
 
 def non_empty(texts: list[str], line_by_line: bool) -> list[str]:
@@ -186,7 +182,7 @@ def raw_splits(config: RunConfig, train: bool = True) -> dict[str, Raw]:
         if "train" not in loaded:
             raise ConfigError(f"dataset {cfg.dataset_name!r} has no train split (it has {', '.join(loaded)})")
         schema = loaded["train"][2]
-        column = inputs.pick_text_column(schema.names, _string_names(schema), cfg.text_column, cfg.dataset_name)
+        column = inputs.pick_text_column(schema.names, inputs.string_fields(schema), cfg.text_column, cfg.dataset_name)
         return {split: Raw(column, loaded[split][1], loaded[split][0]) for split in ("train", "validation")
                 if split in loaded}
     if cfg.train_file:
@@ -211,8 +207,7 @@ def row_texts(config: RunConfig, rows: Iterable[dict]) -> Iterator[str]:
     column = config.data.text_column
     for row in _rows_or_encoding_error(iter(rows), config.data.train_file):
         if column is None:
-            strings = [k for k, v in row.items() if isinstance(v, str)]
-            column = inputs.pick_text_column(list(row), strings, None, "the training data")
+            column = inputs.row_text_column(row, None, "the training data")
         text = row.get(column)
         yield text if isinstance(text, str) else ""
 
