@@ -112,3 +112,11 @@ def test_positions_are_saved_per_reader_and_a_new_reader_count_starts_the_next_p
     saved["readers"] = 4  # saved by a run of 4 readers: this run's shares are others
     fresh = _stream(tmp_path, tokenizer, max_seq_length=32)
     assert fresh.restore(saved) == 1 and not fresh.resume
+
+
+def test_a_json_lines_stream_reads_the_column_the_cache_would(tmp_path, tokenizer):
+    texts = [line for text in builtin_texts()[:20] for line in text.splitlines() if line.strip()]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"n": i, "body": t}) + "\n" for i, t in enumerate(texts)))
+    s = _stream(tmp_path, tokenizer, train_file=str(path), line_by_line=True, max_seq_length=32)
+    assert len(list(s._samples(0, 1, None))) == len(texts)  # the only string column, as everywhere else

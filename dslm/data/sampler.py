@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dslm.data.stream import KEY
+from dslm.errors import ConfigError
 
 
 class ResumableSampler(torch.utils.data.Sampler):
@@ -46,10 +47,17 @@ def micro_batches(loader: DataLoader, position: Any, epoch: int, skip: int,
     DataLoader workers would come from the workers' random state, which a resumed run cannot restore.
     """
     took = getattr(position, "took", None)  # a stream records where each batch it gives up came from
+    resumed = True  # the first pass may start at its end
     while True:
         position.set_epoch(epoch, skip)
+        gave = False
         for samples in loader:
+            gave = True
             if took is not None:
                 took([sample.pop(KEY) for sample in samples][-1])
             yield epoch, collate(samples)
-        epoch, skip = epoch + 1, 0
+        if not gave and not resumed:  # a whole pass that gives nothing would give nothing forever
+            raise ConfigError(f"a whole pass over this rank's share of the training data gave no batch of "
+                              f"{loader.batch_size}: give more text, or use fewer ranks or DataLoader workers, or a "
+                              f"smaller --per_device_train_batch_size or --max_seq_length")
+        epoch, skip, resumed = epoch + 1, 0, False

@@ -57,7 +57,9 @@ class Reader:
         path = self.config.data.train_file
         size = Path(path).stat().st_size
         lo, hi = size * k // n, size * (k + 1) // n
-        column = self.config.data.text_column or "text"
+        # The column every other reader of the file picks (the start-up check, the cache build).
+        first = inputs.first_row(path, "json") if self.kind == ".jsonl" else None
+        column = inputs.row_text_column(first, self.config.data.text_column, path) if first else "text"
         with open(path, "rb") as f:
             if start is not None:
                 f.seek(start)
