@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dslm import inputs
+from dslm.data import spec
 from dslm.errors import ConfigError
 
 OBJECTIVES = ("mlm", "clm", "plm")
@@ -63,14 +64,22 @@ class ObjectiveConfig:
 @dataclass
 class DataConfig:
     train_file: str | None = _help("training text: .txt, .json/.jsonl, .csv or .parquet")
-    validation_file: str | None = _help("validation text, same formats; default: a split of the training data")
+    validation_file: str | None = _help("validation text, same formats; or name=path pairs, comma-separated: several "
+                                        "named validation sets; default: a split of the training data")
     dataset_name: str | None = _help("a dataset for datasets.load_dataset instead of files")
     dataset_config_name: str | None = _help("the dataset's configuration name")
     text_column: str | None = _help('column holding the text; default "text", else the only string column')
+    sample_by: str = _help(".txt files: what one document is: line (each non-empty line, as run_*lm.py), paragraph "
+                           "(blank-line separated) or document (the whole file)", "line")
+    data_spec: str | None = _help("YAML or JSON file: training sources mixed by weight and named validation sets "
+                                  "(instead of --train_file/--dataset_name; see the README)")
     validation_split_percentage: float = _help("percent of the training data held out when there is no "
                                                "validation data", 5.0)
     max_seq_length: int = _help("tokens per example: block size when packing, truncation when line_by_line", 128)
     line_by_line: bool = _help("one example per non-empty line, padded per batch, instead of packed blocks", False)
+    reset_attention_mask: bool = _help("packed blocks: position ids restart at each document and attention stays "
+                                       "inside it (Megatron's --reset-attention-mask and --reset-position-ids)",
+                                       False)
     preprocessing_num_workers: int | None = _help("processes used to tokenize")
     cache_dir: str | None = _help("where tokenized data is cached; default OUTPUT_DIR/cache")
     overwrite_cache: bool = _help("rebuild the tokenized cache even when a matching one exists", False)
@@ -237,6 +246,9 @@ class RunConfig:
         if not 0 <= d.validation_split_percentage < 100:
             raise ConfigError("--validation_split_percentage must be in [0, 100), got "
                               f"{d.validation_split_percentage}")
+        if d.data_spec and (d.train_file or d.dataset_name or d.validation_file):
+            raise ConfigError("--data_spec and --train_file/--dataset_name/--validation_file conflict: put every "
+                              "source in the data spec")
         if d.dataset_name and (d.train_file or d.validation_file):
             raise ConfigError("--dataset_name and --train_file/--validation_file conflict: use one data source")
         if d.validation_file and not d.train_file:
@@ -255,10 +267,18 @@ class RunConfig:
                               "and --max_train_samples (use --max_steps to bound the run)")
         if d.streaming and t.max_steps <= 0:
             raise ConfigError("--streaming needs --max_steps: a stream has no known length")
-        for name in ("train_file", "validation_file"):
-            path = getattr(d, name)
-            if path is not None:
-                inputs.check_data_file(name, path, d.text_column)
+        if d.reset_attention_mask and d.line_by_line:
+            raise ConfigError("--reset_attention_mask applies to packed blocks and --line_by_line packs nothing: "
+                              "drop one of them")
+        if d.train_file is not None:
+            inputs.check_data_file("train_file", d.train_file, d.text_column)
+        if d.validation_file is not None and spec.validation_pairs(d.validation_file) is None:
+            inputs.check_data_file("validation_file", d.validation_file, d.text_column)
+        spec.check_sample_by("--sample_by", d.sample_by, [d.train_file] if d.train_file else [])
+        data_spec = spec.load(d)
+        if data_spec is not None and data_spec.when_exhausted == "stop" and d.streaming:
+            raise ConfigError("when_exhausted: stop needs every source's length, which a stream does not know: use "
+                              "cycle with --streaming (and --max_steps to end the run)")
 
     def _check_number_ranges(self) -> None:
         """Bounds every number has whatever it means: a finite float, an int that fits the int32 token ids
@@ -278,7 +298,7 @@ class RunConfig:
 
     @property
     def uses_builtin_corpus(self) -> bool:
-        return not (self.data.train_file or self.data.dataset_name)
+        return not (self.data.train_file or self.data.dataset_name or self.data.data_spec)
 
     @property
     def cache_dir(self) -> Path:

@@ -16,7 +16,7 @@ from dslm.objectives import Forward, Output
 def token_stats(out: Output) -> torch.Tensor:
     """[summed loss, correct predictions, predicted tokens] of one batch."""
     counted = out.labels != -100
-    correct = ((out.logits.argmax(-1) == out.labels) & counted).sum()
+    correct = out.correct if out.logits is None else ((out.logits.argmax(-1) == out.labels) & counted).sum()
     return torch.stack([out.loss_sum, correct.float(), counted.sum().float()])
 
 
@@ -59,11 +59,14 @@ def evaluate(model: Callable[..., Any], dataset: Dataset, collate: Callable, obj
 
 
 class Evaluator:
-    """When to evaluate (`should_eval`) and the validation set's figures (empty without one)."""
+    """When to evaluate (`should_eval`) and each validation set's figures (empty without one).
 
-    def __init__(self, validation: Dataset | None, collate: Callable, objective: str, batch_size: int, seed: int,
+    A named set's figures are eval/<name>/loss, ...; the first named set's are also the plain eval/loss,
+    ... that single-set runs log, so dashboards and comparisons keep working."""
+
+    def __init__(self, sets: dict[str, Dataset], collate: Callable, objective: str, batch_size: int, seed: int,
                  eval_steps: int | None, forward: Forward | None = None) -> None:
-        self.validation, self.collate, self.objective = validation, collate, objective
+        self.sets, self.collate, self.objective = sets, collate, objective
         self.batch_size, self.seed, self.eval_steps, self.forward = batch_size, seed, eval_steps, forward
 
     def should_eval(self, step: int, total: int) -> bool:
@@ -71,7 +74,18 @@ class Evaluator:
         return bool(self.eval_steps) and step % self.eval_steps == 0 and step != total
 
     def __call__(self, engine: Any) -> dict[str, float]:
-        if self.validation is None:
-            return {}
-        return evaluate(engine, self.validation, self.collate, self.objective, self.batch_size, engine.device,
-                        self.seed, self.forward)
+        figures: dict[str, float] = {}
+        for name, dataset in self.sets.items():
+            got = evaluate(engine, dataset, self.collate, self.objective, self.batch_size, engine.device, self.seed,
+                           self.forward)
+            if not figures:
+                figures.update(got)
+            if name:
+                figures.update({f"eval/{name}/{key.removeprefix('eval/')}": value for key, value in got.items()})
+        return figures
+
+
+def set_names(figures: dict[str, Any]) -> list[str]:
+    """The named validation sets in a dict of eval figures, in order."""
+    return [key[len("eval/"):-len("/perplexity")] for key in figures
+            if key.startswith("eval/") and key.endswith("/perplexity") and key.count("/") == 2]

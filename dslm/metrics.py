@@ -54,13 +54,20 @@ class Window:
     """Summed token losses, label tokens and input tokens since the last log, on the device: read (and the
     ranks summed) only at logging steps and saves, so the hot loop never waits for the device."""
 
-    def __init__(self, device: torch.device) -> None:
-        # [summed loss, label tokens, input tokens] of this rank; float64 counts exactly past 2**24
-        self.sums = torch.zeros(3, device=device, dtype=torch.float64)
+    def __init__(self, device: torch.device, sources: int = 0) -> None:
+        # [summed loss, label tokens, input tokens, input tokens of each training source] of this rank;
+        # float64 counts exactly past 2**24
+        self.sums = torch.zeros(3 + sources, device=device, dtype=torch.float64)
+        self.sources = sources
         self.since = time.perf_counter()
 
-    def add_tokens(self, n: int) -> None:
-        self.sums[2] += n
+    def add_tokens(self, per_sample: torch.Tensor, source: torch.Tensor | None = None) -> None:
+        """A micro batch's input tokens (CPU tensors: no device sync), and with `source` (each sample's
+        source) the tokens of each source."""
+        self.sums[2] += int(per_sample.sum())
+        if source is not None and self.sources:
+            self.sums[3:] += torch.bincount(source, weights=per_sample.double(), minlength=self.sources).to(
+                self.sums.device)
 
     def add_step(self, loss_sum: torch.Tensor, label_tokens: int) -> None:
         """An applied step: a skipped step's loss stays out of the logged mean."""
@@ -75,10 +82,18 @@ class Window:
 
     def take(self) -> tuple[float | None, int, float]:
         """(the token-weighted mean loss, None when every step was skipped; input tokens of every rank;
-        seconds) since the last take, then start a new window. A collective."""
+        seconds) since the last take, then start a new window (`by_source` keeps each source's tokens of
+        every rank). A collective."""
         dist.all_reduce(self.sums)
-        loss_sum, label_tokens, tokens = self.sums.tolist()
+        loss_sum, label_tokens, tokens, *by_source = self.sums.tolist()
+        self.by_source = [int(n) for n in by_source]
         now = time.perf_counter()
         seconds, self.since = now - self.since, now
         self.sums.zero_()
         return (loss_sum / label_tokens if label_tokens else None), int(tokens), seconds
+
+    def unlogged_by_source(self) -> list[int]:
+        """Each source's input tokens of every rank since the last log (a collective), without resetting."""
+        tokens = self.sums[3:].clone()
+        dist.all_reduce(tokens)
+        return [int(n) for n in tokens.tolist()]

@@ -17,14 +17,15 @@ def run(config: RunConfig) -> None:
             print(warning, file=sys.stderr, flush=True)
     d = config.data
     if d.shard_index is not None:
-        record = cache.prepare_slice(config, spec.family, spec.objective, spec.tokenizer)
-        counts = ", ".join(f"{split} {record['units'][split]:,} units / {record['tokens'][split]:,} tokens"
-                           for split in record["units"])
-        print(f"prepared slice {d.shard_index} of {d.num_shards} ({counts}) in {record['path']}; once every slice "
-              f"is there, `dslm train` with the same flags and --num_shards {d.num_shards} reads them all")
+        for record in cache.prepare_slices(config, spec.family, spec.objective, spec.tokenizer):
+            counts = ", ".join(f"{split} {record['units'][split]:,} units / {record['tokens'][split]:,} tokens"
+                               for split in record["units"])
+            print(f"prepared slice {d.shard_index} of {d.num_shards} ({counts}) in {record['path']}")
+        print(f"once every slice is there, `dslm train` with the same flags and --num_shards {d.num_shards} reads "
+              f"them all")
         return
-    prepared = cache.prepare(config, spec.family, spec.objective, spec.tokenizer)
-    n_val = len(prepared.validation) if prepared.validation is not None else 0
+    prepared = cache.prepare_any(config, spec.family, spec.objective, spec.tokenizer)
+    n_val = sum(len(v) for v in prepared.eval_sets().values())
     n_train = "streamed" if d.streaming else len(prepared.train)
     print(f"prepared {n_train} train / {n_val} eval examples for {spec.objective} ({spec.family}) "
           f"in {config.cache_dir} (fingerprint {prepared.fingerprint}); `dslm train` with the same flags reuses it")

@@ -18,7 +18,16 @@ from tqdm import tqdm
 
 from dslm import atomic
 from dslm.errors import first_line
+from dslm.evaluation import set_names
 from dslm.trackers import WandbRun
+
+
+def _key(name: str, figure: str) -> str:
+    return f"eval/{name}/{figure}" if name else f"eval/{figure}"
+
+
+def _label(name: str) -> str:
+    return f"{name}: " if name else ""
 
 
 class Reporter:
@@ -101,11 +110,16 @@ class Reporter:
         if not figures:
             return
         self.log(step, figures)
+        names = set_names(figures)
         if when == "before":
-            self.say(f"eval before training: loss {figures['eval/loss']:.4f} "
-                     f"perplexity {figures['eval/perplexity']:.2f} accuracy {figures['eval/accuracy']:.4f}")
+            self.say("eval before training: " + " | ".join(
+                f"{_label(name)}loss {figures[_key(name, 'loss')]:.4f} perplexity "
+                f"{figures[_key(name, 'perplexity')]:.2f} accuracy {figures[_key(name, 'accuracy')]:.4f}"
+                for name in names or [""]))
         elif when == "during":
-            self.say(f"step {step}: eval loss {figures['eval/loss']:.4f} perplexity {figures['eval/perplexity']:.2f}")
+            self.say(f"step {step}: eval " + " | ".join(
+                f"{_label(name)}loss {figures[_key(name, 'loss')]:.4f} perplexity "
+                f"{figures[_key(name, 'perplexity')]:.2f}" for name in names or [""]))
 
     def _flush(self) -> None:
         if self.wandb is not None and self.pending:
@@ -154,11 +168,13 @@ class Reporter:
         summary = f"done: {train['steps']} steps{skipped}"
         if seconds:
             summary += f" in {seconds:.0f}s ({train['tokens'] / seconds:.0f} tokens/s)"
-        if before and after:
-            summary += (f"; eval perplexity {before['eval/perplexity']:.2f} -> {after['eval/perplexity']:.2f}, "
-                        f"accuracy {before['eval/accuracy']:.3f} -> {after['eval/accuracy']:.3f}")
-        elif after:
-            summary += f"; eval perplexity {after['eval/perplexity']:.2f}"
+        for name in set_names(after) or ([""] if after else []):
+            perplexity, accuracy = _key(name, "perplexity"), _key(name, "accuracy")
+            if perplexity in before:
+                summary += (f"; {_label(name)}eval perplexity {before[perplexity]:.2f} -> {after[perplexity]:.2f}, "
+                            f"accuracy {before[accuracy]:.3f} -> {after[accuracy]:.3f}")
+            else:
+                summary += f"; {_label(name)}eval perplexity {after[perplexity]:.2f}"
         self.say(summary + f"; model in {final_dir}")
 
     def close(self, exit_code: int) -> None:

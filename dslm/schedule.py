@@ -29,8 +29,9 @@ def known_early(config: RunConfig) -> Schedule | None:
     return Schedule(config.train.max_steps, warmup(config, config.train.max_steps))
 
 
-def plan(n_train: int | None, config: RunConfig, world: int) -> Schedule:
-    """The schedule for `n_train` training examples (None: a stream) on `world` ranks."""
+def plan(n_train: int | None, config: RunConfig, world: int, one_pass: bool = False) -> Schedule:
+    """The schedule for `n_train` training examples (None: a stream) on `world` ranks; `one_pass`: the data
+    ends after one epoch (a mixture that stops when a source runs out), and so does training."""
     t = config.train
     if n_train is None:  # a stream has no length: --max_steps (required) sets the schedule
         return Schedule(t.max_steps, warmup(config, t.max_steps))
@@ -44,4 +45,9 @@ def plan(n_train: int | None, config: RunConfig, world: int) -> Schedule:
         raise ConfigError(f"the training set has {n_train} examples, fewer than one micro batch per rank "
                           f"({t.per_device_train_batch_size} x {world} ranks): give more data or a smaller batch")
     total = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * steps_per_epoch)
+    if one_pass:
+        if steps_per_epoch == 0:
+            raise ConfigError(f"when_exhausted: stop ends the mixture after {n_train} examples, fewer than one global "
+                              f"batch: give the small sources more text, change the weights, or use cycle")
+        total = min(total, steps_per_epoch)
     return Schedule(total, warmup(config, total), micro_per_epoch)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from dslm import (
     checkpoint,
     dist,
+    documents,
     ds_config,
     engine,
     metrics,
@@ -33,7 +34,7 @@ from dslm import schedule as schedules
 from dslm import tokenizer as tok
 from dslm.checkpoint import Checkpointer, Checkpoints
 from dslm.config import RunConfig
-from dslm.data import cache, sampler, sources, stream
+from dslm.data import cache, mixture, sampler, sources, stream
 from dslm.errors import ConfigError, PeerLost, Stopped
 from dslm.evaluation import Evaluator
 from dslm.export import export
@@ -87,6 +88,8 @@ def check(config: RunConfig, reporter: Reporter) -> Start:
     spec = model.resolve(config)
     for warning in spec.warnings:
         reporter.say(warning, file=sys.stderr)
+    if config.data.reset_attention_mask:
+        documents.check(spec.objective, spec.family, config.data.line_by_line)
     cache.check_slices(config, spec.family, spec.objective, spec.tokenizer)
     ds_source = str(ds_config.locate(t.deepspeed))
     ds_raw = ds_config.load(t.deepspeed)
@@ -125,11 +128,17 @@ def build(config: RunConfig, start: Start, reporter: Reporter) -> Parts:
     import transformers
 
     transformers.set_seed(t.seed)
-    prepared = cache.prepare(config, spec.family, spec.objective, tokenizer)
-    if prepared.validation is None:
+    prepared = cache.prepare_any(config, spec.family, spec.objective, tokenizer)
+    if not prepared.eval_sets():
         reporter.say("no validation data: evaluation is skipped")
-    streaming = config.data.streaming
-    plan = schedules.plan(None if streaming else len(prepared.train), config, world)
+    streaming, mix = config.data.streaming, prepared.mixture
+    if mix is not None and not streaming:
+        mixture.check_sizes(mix, world, t.per_device_train_batch_size)
+    n_train = None if streaming else mix.epoch_length() if mix else len(prepared.train)
+    plan = schedules.plan(n_train, config, world, one_pass=mix is not None and mix.when_exhausted == "stop")
+    if mix is not None and mix.when_exhausted == "stop":
+        reporter.say(f"when_exhausted: stop: training ends at step {plan.total_steps} at the latest, when the first "
+                     f"source runs out")
     ds = start.ds
     ds_config.set_schedule(ds, config, total_steps=plan.total_steps, warmup_steps=plan.warmup_steps,
                            source=start.ds_source)
@@ -147,10 +156,16 @@ def build(config: RunConfig, start: Start, reporter: Reporter) -> Parts:
         reporter.say(f"resumed from {found.path} at step {progress.step} ({progress.samples} samples seen)")
         reporter.resumed(progress.step)
 
-    collate = objectives.Collator(spec.objective, prepared.tokenizer, config.objective, config.data.max_seq_length)
+    end = documents.end_id(prepared.tokenizer) if config.data.reset_attention_mask else None
+    collate = objectives.Collator(spec.objective, prepared.tokenizer, config.objective, config.data.max_seq_length,
+                                  document_end=end)
     micro = t.per_device_train_batch_size
-    position = prepared.train if streaming else sampler.ResumableSampler(len(prepared.train), world, rank, t.seed,
-                                                                         micro)
+    if streaming:
+        position = prepared.train
+    elif mix is not None:
+        position = mixture.MixtureSampler(mix, world, rank, t.seed, micro)
+    else:
+        position = sampler.ResumableSampler(len(prepared.train), world, rank, t.seed, micro)
     # The loader's own generator: making an iterator must not draw from the global RNG, or a run
     # resumed mid-epoch would diverge from one that never stopped.
     loader_rng = torch.Generator()
@@ -168,19 +183,28 @@ def build(config: RunConfig, start: Start, reporter: Reporter) -> Parts:
     facts = {"world_size": world, "nodes": nodes, "zero_stage": stage, "objective": spec.objective,
              "model_type": spec.family, "data_fingerprint": prepared.fingerprint,
              "parameters": sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters()),
-             "tokens_per_step": micro * t.gradient_accumulation_steps * world * config.data.max_seq_length}
+             "tokens_per_step": micro * t.gradient_accumulation_steps * world * config.data.max_seq_length,
+             "sources": dict(zip(mix.names, mix.weights, strict=True)) if mix else None}
     state_facts = {k: facts[k] for k in ("world_size", "zero_stage", "objective", "model_type", "data_fingerprint")}
     checkpointer = Checkpointer(checkpoints, {**state_facts, "config": redact.redact(config.to_dict())},
                                 save_steps=t.save_steps, limit=t.save_total_limit, milestone=t.save_milestone_steps)
-    evaluator = Evaluator(prepared.validation, collate, spec.objective, t.per_device_eval_batch_size, t.seed,
+    evaluator = Evaluator(prepared.eval_sets(), collate, spec.objective, t.per_device_eval_batch_size, t.seed,
                           t.eval_steps, forward)
     return Parts(eng, module, prepared, forward, loader, collate, position, plan, progress, found, checkpoints,
                  checkpointer, evaluator, facts)
 
 
-def save(parts: Parts, reporter: Reporter, unlogged_tokens: int) -> Path:
+def sources_added(parts: Parts, tokens: list[int]) -> dict[str, int]:
+    """Each training source's tokens so far, with `tokens` (one count per source) added."""
+    names = parts.prepared.mixture.names if parts.prepared.mixture else ()
+    tokens = tokens or [0] * len(names)
+    return {name: parts.progress.tokens_by_source.get(name, 0) + n for name, n in zip(names, tokens, strict=True)}
+
+
+def save(parts: Parts, reporter: Reporter, unlogged_tokens: tuple[int, list[int]]) -> Path:
     """A checkpoint of where training is now (with the tokens since the last log), its cost logged."""
-    progress = dataclasses.replace(parts.progress, tokens_seen=parts.progress.tokens_seen + unlogged_tokens)
+    progress = dataclasses.replace(parts.progress, tokens_seen=parts.progress.tokens_seen + unlogged_tokens[0],
+                                   tokens_by_source=sources_added(parts, unlogged_tokens[1]))
     extra = {"stream": parts.position.snapshot()} if isinstance(parts.position, stream.StreamBlocks) else {}
     path = parts.checkpointer.save(parts.engine, parts.module, parts.prepared.tokenizer, progress, extra)
     reporter.log(progress.step, parts.checkpointer.figures())
@@ -191,7 +215,8 @@ def loop(config: RunConfig, parts: Parts, reporter: Reporter, guard: nonfinite.G
     """Train to the schedule's last step; the seconds it took."""
     t, eng, progress, total = config.train, parts.engine, parts.progress, parts.schedule.total_steps
     gas, samples_per_micro = t.gradient_accumulation_steps, t.per_device_train_batch_size * dist.world_size()
-    window = metrics.Window(eng.device)
+    mix = parts.prepared.mixture
+    window = metrics.Window(eng.device, len(mix.names) if mix else 0)
     logger = StepFigures(config, parts, guard)
     batches = sampler.micro_batches(parts.loader, parts.position, progress.epoch, progress.samples_in_epoch,
                                     parts.collate)
@@ -206,7 +231,7 @@ def loop(config: RunConfig, parts: Parts, reporter: Reporter, guard: nonfinite.G
                 progress.epoch, progress.samples_in_epoch = epoch, 0
             progress.samples += samples_per_micro
             progress.samples_in_epoch += samples_per_micro
-            window.add_tokens(int(batch["attention_mask"].sum()))  # counted on the CPU copy: no device sync
+            window.add_tokens(batch["attention_mask"].sum(1), batch.pop(mixture.SOURCE, None))
             micro.append(batch)
         result = train_step(eng, parts.forward, parts.module, micro, guard, want_norm=logging_now)
         logger.norm = logger.norm if result.norm is None else result.norm
@@ -221,13 +246,18 @@ def loop(config: RunConfig, parts: Parts, reporter: Reporter, guard: nonfinite.G
             reporter.evaluated(progress.step, parts.evaluator(eng))
         saved = parts.checkpointer.should_save(progress.step, total)
         if saved:
-            save(parts, reporter, window.unlogged_tokens())
+            save(parts, reporter, unlogged(window))
         if progress.step != total and stop.agreed():
             path = (parts.checkpoints.root / checkpoint.tag(progress.step) if saved
-                    else save(parts, reporter, window.unlogged_tokens()))
+                    else save(parts, reporter, unlogged(window)))
             raise Stopped(f"stopped by {stop.requested or 'a signal on another rank'} at step {progress.step}; "
                           f"checkpoint {path} is committed: run the same command to resume")
     return time.perf_counter() - started
+
+
+def unlogged(window: metrics.Window) -> tuple[int, list[int]]:
+    """Input tokens since the last log, in all and per source (collectives)."""
+    return window.unlogged_tokens(), window.unlogged_by_source()
 
 
 class StepFigures:
@@ -253,6 +283,7 @@ class StepFigures:
         progress, eng = self.parts.progress, self.parts.engine
         loss, tokens, seconds = window.take()
         progress.tokens_seen += tokens  # real tokens on all ranks, padding excluded
+        progress.tokens_by_source = sources_added(self.parts, window.by_source)
         steps, self.last_step = progress.step - self.last_step, progress.step
         norm = eng.get_global_grad_norm() if self.guard.zero else self.norm
         figures = {
@@ -261,6 +292,7 @@ class StepFigures:
             "train/grad_norm": float(norm) if norm is not None else None,
             "train/epoch": progress.samples / self.samples_per_epoch if self.samples_per_epoch else progress.epoch,
             "train/tokens_seen": progress.tokens_seen,
+            **{f"train/tokens_seen/{name}": n for name, n in progress.tokens_by_source.items()},
             "perf/tokens_per_second": tokens / seconds,
             "perf/samples_per_second": steps * self.samples_per_step / seconds,
             "perf/step_time": seconds / steps,
@@ -323,7 +355,7 @@ def finish(parts: Parts, reporter: Reporter, out: Path, seconds: float, start_st
     reporter.end_progress()
     after = parts.evaluator(parts.engine)
     reporter.evaluated(progress.step, after, when="after")
-    final = save(parts, reporter, 0)  # the last step is a logging step: no tokens are unlogged
+    final = save(parts, reporter, (0, []))  # the last step is a logging step: no tokens are unlogged
     if dist.is_main():
         export(final, out / "final", check=False, overwrite=True)
     dist.wait_all("exported", "rank 0 to export the model")
@@ -339,6 +371,8 @@ def results_of(parts: Parts, start_step: int, seconds: float | None, train_loss:
         "objective": f["objective"], "model_type": f["model_type"], "world_size": f["world_size"],
         "nodes": f["nodes"], "zero_stage": f["zero_stage"], "data_fingerprint": f["data_fingerprint"],
         "resumed_from_step": start_step or None,
+        "sources": {name: {"weight": weight, "tokens": progress.tokens_by_source.get(name, 0)}
+                    for name, weight in (f["sources"] or {}).items()} or None,
         "train": {"steps": progress.step, "samples": progress.samples, "tokens": progress.tokens_seen,
                   "loss": train_loss, "skipped_steps": progress.skipped_steps, "runtime_s": seconds,
                   "tokens_per_second": progress.tokens_seen / seconds if seconds else None},
@@ -353,7 +387,7 @@ def open_wandb(config: RunConfig, parts: Parts, start: Start, reporter: Reporter
     f = parts.facts
     facts = {**f, "ranks_per_node": f["world_size"] // f["nodes"], "total_steps": parts.schedule.total_steps,
              "train_examples": None if config.data.streaming else len(parts.prepared.train),
-             "eval_examples": len(parts.prepared.validation or [])}
+             "eval_examples": sum(len(v) for v in parts.prepared.eval_sets().values())}
     resumed_at = parts.progress.step if parts.found or start.rerun else None
     return trackers.start_wandb(config, start.ds, facts, Path(config.train.output_dir), resumed_at, reporter.say)
 
@@ -383,8 +417,9 @@ def write_run_files(config: RunConfig, parts: Parts, ds: dict[str, Any], reporte
         (out / "run_config.json").write_text(json.dumps(redact.redact(
             {**config.to_dict(), "objective_resolved": f["objective"], "model_type": f["model_type"]}), indent=2))
     n_train = "streamed" if config.data.streaming else len(parts.prepared.train)
+    n_eval = sum(len(v) for v in parts.prepared.eval_sets().values())
     reporter.say(f"{f['objective']} | {f['model_type']} {f['parameters'] / 1e6:.2f}M params | ZeRO-{f['zero_stage']} | "
-                 f"{f['world_size']} ranks | {n_train} train / {len(parts.prepared.validation or [])} eval examples of "
+                 f"{f['world_size']} ranks | {n_train} train / {n_eval} eval examples of "
                  f"{config.data.max_seq_length} tokens | {parts.schedule.total_steps} steps of {f['tokens_per_step']} "
                  f"tokens | output {out}")
     reporter.say(checkpoint.estimate_line(parts.checkpoints.root, f["parameters"], t.bf16 or t.fp16,

@@ -131,6 +131,32 @@ def test_data_files_that_cannot_be_used(tmp_path, out):
     assert not out.exists()
 
 
+def test_data_specs_that_cannot_be_used(tmp_path, out):
+    """Each mistake in a data spec, one line, before anything is written (rows of docs/errors.md)."""
+    good = write(tmp_path / "good.txt", CORPUS)
+    rows = write(tmp_path / "rows.jsonl", json.dumps({"body": "text", "title": "t"}) + "\n")
+    write(tmp_path / "empty.txt", "")
+    cases = [
+        ("s.yaml", "train: [\n  {path: GOOD\n", "is not valid YAML"),
+        ("s.json", '{"train": [{"path": "GOOD"}],}', "is not valid JSON"),
+        ("s.yaml", "train:\n  - {path: GOOD, wieght: 2}\n", "unknown key 'wieght' (did you mean 'weight'?)"),
+        ("s.yaml", "train:\n  - {path: DIR/nope.txt}\n", "no such file"),
+        ("s.yaml", "train:\n  - {path: ROWS}\n", "has no 'text' column and 2 string columns"),
+        ("s.yaml", "train:\n  - {path: GOOD, weight: 0}\n", "weight 0 must be a positive number"),
+        ("s.yaml", "train:\n  - {path: GOOD, weight: -2}\n", "weight -2 must be a positive number"),
+        ("s.yaml", "train:\n  - {path: GOOD, weight: much}\n", "weight 'much' must be a positive number"),
+        ("s.yaml", "train:\n  - {path: DIR/empty.txt}\n", "is empty: give a file with text"),
+        ("s.yaml", "train:\n  - {path: GOOD}\nvalidation:\n  v: GOOD\n  v: GOOD\n", "'v' is given twice"),
+    ]
+    for name, text, message in cases:
+        text = text.replace("GOOD", str(good)).replace("ROWS", str(rows)).replace("DIR", str(tmp_path))
+        refused([*tiny(out), "--data_spec", str(write(tmp_path / name, text))], message)
+    refused([*tiny(out), "--train_file", str(good), "--validation_file", f"v={good},v={good}"],
+            "names the validation set 'v' twice")
+    refused([*tiny(out, family="xlnet"), "--reset_attention_mask"], "--reset_attention_mask needs a model family")
+    assert not out.exists()
+
+
 def test_slices_that_cannot_be_used(tmp_path, out):
     cache = ["--cache_dir", str(tmp_path / "cache")]
     for args, message in ((["--num_shards", "2", "--shard_index", "2"], "--shard_index 2 is out of range for "

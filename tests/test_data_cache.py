@@ -89,3 +89,33 @@ def test_the_cache_build_restores_tokenizers_parallelism(tmp_path, monkeypatch):
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # as dslm's CLI sets it
     prepare(tmp_path, max_seq_length=32)
     assert os.environ["TOKENIZERS_PARALLELISM"] == "false"  # DataLoader workers forked later stay serial
+
+
+def test_each_source_is_cached_on_its_own_so_a_new_weight_tokenizes_nothing(tmp_path):
+    from dslm import model
+    from dslm.config import RunConfig
+    from dslm.data import cache
+    from dslm.data.sources import builtin_texts
+
+    texts = builtin_texts()
+    (tmp_path / "a.txt").write_text("\n".join(texts[:20]))
+    (tmp_path / "b.txt").write_text("\n".join(texts[20:40]))
+
+    def prepare(weights: tuple[float, float]):
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(f"train:\n  - {{path: {tmp_path}/a.txt, weight: {weights[0]}}}\n"
+                        f"  - {{path: {tmp_path}/b.txt, weight: {weights[1]}}}\n")
+        config = RunConfig.from_flags(data_spec=str(spec), model_type="bert", vocab_size=500, max_seq_length=32,
+                                      output_dir=str(tmp_path / "out"))
+        resolved = model.resolve(config)
+        return cache.prepare_any(config, resolved.family, resolved.objective, resolved.tokenizer)
+
+    first = prepare((0.7, 0.3))
+    built = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "cache").glob("tokenized-*/slice-*/dslm_cache.json")}
+    assert len(built) == 2  # one cache per source
+    second = prepare((0.2, 0.8))
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "cache").glob("tokenized-*/slice-*/dslm_cache.json")}
+    assert after == built  # reused, not rebuilt
+    assert second.mixture.weights == pytest.approx((0.2, 0.8)) and second.mixture.sizes == first.mixture.sizes
+    assert first.tokenizer.get_vocab() == second.tokenizer.get_vocab()
+    assert list(first.named) == ["a", "b"]  # each source's held-out part, named after it

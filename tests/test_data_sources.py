@@ -86,3 +86,52 @@ def test_a_hub_dataset_is_keyed_by_datasets_own_identity(monkeypatch):
     Builder.config_id = "default-def"  # the hub's data files resolved to another revision
     assert sources.source_fingerprint(config.data) != first
     assert sources.content_fingerprint(config.data) == sources.content_fingerprint(config.data)
+
+
+WRAPPED = ("The first paragraph is wrapped\nover two lines.\n\n"
+           "The second one\nis wrapped over\nthree lines.\n\n\n"  # two blank lines
+           "A third, one line.\n  \n"  # a line of spaces only
+           "Last words\n")
+
+
+@pytest.mark.parametrize("sample_by, documents", [
+    ("line", ["The first paragraph is wrapped", "over two lines.", "The second one", "is wrapped over", "three lines.",
+              "A third, one line.", "Last words"]),
+    ("paragraph", ["The first paragraph is wrapped\nover two lines.", "The second one\nis wrapped over\nthree lines.",
+                   "\nA third, one line.\n  \nLast words\n"]),
+    ("document", [WRAPPED]),
+])
+def test_sample_by_decides_what_a_document_is_and_separators_fall_only_between(tmp_path, sample_by, documents):
+    """datasets' text loader cuts the file (a paragraph ends at an empty line, so a line of spaces stays
+    inside one); packing then puts one EOS after each document and nowhere else."""
+    from conftest import prepare_data
+
+    from dslm.config import RunConfig
+    from dslm.data import encode, sources, units
+
+    path = tmp_path / "wrapped.txt"
+    path.write_text(WRAPPED)
+    config = RunConfig.from_flags(train_file=str(path), sample_by=sample_by, output_dir=str(tmp_path / "out"),
+                                  validation_split_percentage=0)
+    raw = sources.raw_splits(config)["train"]
+    counted = units.count(raw, sources.split_lines(config.data))
+    got = [u for batch in counted.read(0, counted.total) for u in batch]
+    assert got == documents and counted.total == len(documents)
+
+    tokenizer = prepare_data(tmp_path, train_file=str(path), sample_by=sample_by, model_type="gpt2",
+                             validation_split_percentage=0, max_seq_length=4).tokenizer
+    enc = encode.Encoder(tokenizer, ["input_ids"], line_by_line=False, max_seq_length=4)
+    rows = enc.rows(enc.encode(got))["input_ids"]
+    eos = tokenizer.eos_token_id
+    assert all(row[-1] == eos and eos not in row[:-1] for row in rows)
+    assert sum(row.count(eos) for row in rows) == len(documents)
+
+
+def test_line_by_line_with_paragraphs_makes_each_paragraph_an_example(tmp_path):
+    from conftest import prepare_data
+
+    path = tmp_path / "wrapped.txt"
+    path.write_text(WRAPPED)
+    prepared = prepare_data(tmp_path, train_file=str(path), sample_by="paragraph", line_by_line=True,
+                            validation_split_percentage=0, max_seq_length=64)
+    assert len(prepared.train) == 3

@@ -13,7 +13,8 @@ from dslm.objectives import Forward
 
 
 def evaluator(eval_steps: int | None, validation=None) -> Evaluator:
-    return Evaluator(validation, collate=list, objective="mlm", batch_size=2, seed=0, eval_steps=eval_steps)
+    sets = {} if validation is None else {"": validation}
+    return Evaluator(sets, collate=list, objective="mlm", batch_size=2, seed=0, eval_steps=eval_steps)
 
 
 def test_should_eval_every_n_steps_but_not_the_last():

@@ -47,9 +47,9 @@ def clock(monkeypatch) -> Clock:
 def test_window_without_a_process_group(clock):
     assert not torch.distributed.is_initialized()  # dist.all_reduce is then a no-op
     w = Window(torch.device("cpu"))
-    w.add_tokens(100)
+    w.add_tokens(torch.tensor([100]))
     w.add_step(torch.tensor(6.0), 3)  # the summed loss of 3 micro batches
-    w.add_tokens(50)
+    w.add_tokens(torch.tensor([50]))
     w.add_step(torch.tensor(3.0), 1)
     clock.now = 102.5
     assert w.take() == (2.25, 150, 2.5)
@@ -60,17 +60,17 @@ def test_window_without_a_process_group(clock):
 
 def test_window_of_skipped_steps_only(clock):
     w = Window(torch.device("cpu"))
-    w.add_tokens(64)  # a skipped step's tokens count, its loss does not
+    w.add_tokens(torch.tensor([64]))  # a skipped step's tokens count, its loss does not
     clock.now = 101.0
     assert w.take() == (None, 64, 1.0)
 
 
 def test_unlogged_tokens_does_not_reset(clock):
     w = Window(torch.device("cpu"))
-    w.add_tokens(30)
+    w.add_tokens(torch.tensor([30]))
     w.add_step(torch.tensor(1.5), 1)
     assert w.unlogged_tokens() == 30
-    w.add_tokens(10)
+    w.add_tokens(torch.tensor([10]))
     assert w.unlogged_tokens() == 40
     clock.now = 104.0
     assert w.take() == (1.5, 40, 4.0)
@@ -80,9 +80,18 @@ def test_unlogged_tokens_does_not_reset(clock):
 def test_window_counts_tokens_exactly_past_float32_precision(clock):
     w = Window(torch.device("cpu"))
     for _ in range(200):  # micro batches of 32 x 4096 tokens (one of them padding), 200 between two logs
-        w.add_tokens(32 * 4096 - 1)
+        w.add_tokens(torch.tensor([32 * 4096 - 1]))
     assert w.unlogged_tokens() == 200 * 131071
     assert w.take()[1] == 200 * 131071
+
+
+def test_window_counts_each_sources_tokens(clock):
+    w = Window(torch.device("cpu"), sources=3)
+    w.add_tokens(torch.tensor([64, 64, 10, 64]), torch.tensor([0, 2, 2, 0]))  # per sample, and its source
+    assert w.unlogged_by_source() == [128, 0, 74]
+    w.add_tokens(torch.tensor([5]), torch.tensor([1]))
+    assert w.take()[1] == 207 and w.by_source == [128, 5, 74]
+    assert w.unlogged_by_source() == [0, 0, 0]
 
 
 def test_memory_figures():

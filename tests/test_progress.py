@@ -11,14 +11,16 @@ def test_round_trip():
     p = Progress(step=12, epoch=1, samples=96, samples_in_epoch=16, tokens_seen=12288, skipped_steps=2)
     d = p.to_dict()
     assert d == {"step": 12, "epoch": 1, "samples": 96, "samples_in_epoch": 16, "tokens_seen": 12288,
-                 "skipped_steps": 2}
+                 "skipped_steps": 2, "tokens_by_source": {}}
+    mixed = Progress(step=3, tokens_by_source={"legal": 640, "replay": 128})
+    assert Progress.from_dict(json.loads(json.dumps(mixed.to_dict()))) == mixed
     assert Progress.from_dict(d) == p
     assert Progress.from_dict(json.loads(json.dumps(d))) == p  # as dslm_state.json holds it
 
 
 def test_defaults_are_zero():
     assert Progress().to_dict() == {"step": 0, "epoch": 0, "samples": 0, "samples_in_epoch": 0, "tokens_seen": 0,
-                                    "skipped_steps": 0}
+                                    "skipped_steps": 0, "tokens_by_source": {}}
 
 
 def test_from_a_checkpoint_state_with_more_keys():

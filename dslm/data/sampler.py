@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from dslm.data.mixture import SOURCE
 from dslm.data.stream import KEY
 from dslm.errors import ConfigError
 
@@ -55,7 +56,11 @@ def micro_batches(loader: DataLoader, position: Any, epoch: int, skip: int,
             gave = True
             if took is not None:
                 took([sample.pop(KEY) for sample in samples][-1])
-            yield epoch, collate(samples)
+            source = [sample.pop(SOURCE) for sample in samples] if SOURCE in samples[0] else None
+            batch = collate(samples)
+            if source is not None:  # which training source each sample came from: the loop counts its tokens
+                batch[SOURCE] = torch.tensor(source)
+            yield epoch, batch
         if not gave and not resumed:  # a whole pass that gives nothing would give nothing forever
             raise ConfigError(f"a whole pass over this rank's share of the training data gave no batch of "
                               f"{loader.batch_size}: give more text, or use fewer ranks or DataLoader workers, or a "

@@ -15,6 +15,7 @@ from datasets import Dataset
 
 from dslm import inputs
 from dslm.config import DataConfig, RunConfig
+from dslm.data import spec
 from dslm.errors import ConfigError, first_line
 
 
@@ -58,10 +59,14 @@ def _fingerprint(cfg: DataConfig, exact_source: bool) -> str:
         elif exact_source:
             h.update(_builder_identity(cfg).encode())
     elif cfg.train_file:
-        for path in filter(None, (cfg.train_file, cfg.validation_file)):
+        paths = [*spec.files(cfg.train_file), *filter(None, [cfg.validation_file])]
+        for i, path in enumerate(paths):
             stat = Path(path).stat()
             if exact_source:
                 h.update(f"{Path(path).resolve()}|{stat.st_mtime_ns}".encode())
+            if 0 < i < len(paths) - 2:  # a glob's many files: by name and size (sampling each would read GBs)
+                h.update(f"{Path(path).name}|{stat.st_size}|".encode())
+                continue
             with open(path, "rb") as f:
                 h.update(f"{stat.st_size}|".encode() + f.read(1 << 20))
                 f.seek(max(0, stat.st_size - (1 << 20)))
@@ -72,6 +77,8 @@ def _fingerprint(cfg: DataConfig, exact_source: bool) -> str:
     else:
         h.update(b"builtin")
     h.update(f"|{cfg.text_column}|{cfg.validation_split_percentage}|{cfg.line_by_line}".encode())
+    if cfg.sample_by != "line":  # (the default adds nothing: caches made before the choice existed stay valid)
+        h.update(f"|{cfg.sample_by}".encode())
     return h.hexdigest()[:16]
 
 
@@ -81,8 +88,18 @@ def source_fingerprint(cfg: DataConfig) -> str:
 
 
 def content_fingerprint(cfg: DataConfig) -> str:
-    """Part of a run's identity: the same data copied elsewhere or touched is still the same run."""
-    return _fingerprint(cfg, exact_source=False) + f"-{cfg.max_seq_length}"
+    """Part of a run's identity: the same data copied elsewhere or touched is still the same run. A spec's
+    run is its sources, their weights and names, and its validation sets."""
+    data_spec = spec.load(cfg)
+    if data_spec is None:
+        return _fingerprint(cfg, exact_source=False) + f"-{cfg.max_seq_length}"
+    h = hashlib.sha256(data_spec.when_exhausted.encode())
+    holdout = 0.0 if data_spec.validation else cfg.validation_split_percentage
+    for s in data_spec.train:
+        h.update(f"|{s.name}|{s.weight}|{_fingerprint(s.data_config(cfg, holdout), exact_source=False)}".encode())
+    for v in data_spec.validation:
+        h.update(f"|val:{v.name}|{_fingerprint(v.data_config(cfg, 0.0), exact_source=False)}".encode())
+    return h.hexdigest()[:16] + f"-{cfg.max_seq_length}"
 
 
 @dataclass
@@ -126,12 +143,13 @@ class Raw:
         return [t for t in texts if isinstance(t, str) and t.strip()]
 
 
-def prepared_splits(path: str, name: str | None, data_files: dict[str, str] | None, cache_dir: Path,
-                    ) -> dict[str, tuple[list[str], int, pa.Schema]]:
+def prepared_splits(path: str, name: str | None, data_files: dict[str, list[str]] | None, cache_dir: Path,
+                    **options: str) -> dict[str, tuple[list[str], int, pa.Schema]]:
     """datasets' builder converts the data into Arrow files in the cache (in bounded memory); each split's
     files, row count and schema. Not `load_dataset`: the Dataset it returns maps every file, and reading
     a file of small record batches through a map makes all of it resident."""
-    builder = datasets.load_dataset_builder(path, name, data_files=data_files, cache_dir=str(cache_dir / "datasets"))
+    builder = datasets.load_dataset_builder(path, name, data_files=data_files, cache_dir=str(cache_dir / "datasets"),
+                                            **options)
     builder.download_and_prepare()
     splits = {}
     for split, info in (builder.info.splits or {}).items():
@@ -145,18 +163,32 @@ def prepared_splits(path: str, name: str | None, data_files: dict[str, str] | No
     return splits
 
 
-def load_file(path: str, cache_dir: Path, text_column: str | None) -> Raw:
-    """One file, converted by datasets into Arrow files in the cache."""
+def builder_options(path: str, sample_by: str) -> tuple[str, dict[str, str]]:
+    """datasets' builder for a file (or glob) and its options: a text file's documents are its lines, its
+    paragraphs or the whole file."""
     builder = inputs.DATA_SUFFIXES[Path(path).suffix.lower()]
+    return builder, ({"sample_by": sample_by} if builder == "text" and sample_by != "line" else {})
+
+
+def load_file(path: str, cache_dir: Path, text_column: str | None, sample_by: str = "line") -> Raw:
+    """One file (or a glob of files), converted by datasets into Arrow files in the cache."""
+    builder, options = builder_options(path, sample_by)
     try:
         with inputs.quiet_datasets():
-            files, rows, schema = prepared_splits(builder, None, {"train": path}, cache_dir)["train"]
+            files, rows, schema = prepared_splits(builder, None, {"train": spec.files(path)}, cache_dir,
+                                                  **options)["train"]
     except Exception as exc:  # datasets raises many types for unreadable input
         if inputs.decode_error(exc):  # past the sampled ends of the file
             raise inputs.not_utf8(path, path, inputs.describe(inputs.decode_error(exc))) from None
         raise ConfigError(f"cannot read {path} as {builder} ({type(exc).__name__}: "
                           f"{first_line(exc)}): check the file's format") from None
     return Raw(inputs.pick_text_column(schema.names, inputs.string_fields(schema), text_column, path), rows, files)
+
+
+def split_lines(cfg: DataConfig) -> bool:
+    """--line_by_line makes each line an example, unless --sample_by already made each document a paragraph or
+    a whole file."""
+    return cfg.line_by_line and cfg.sample_by == "line"
 
 
 def non_empty(texts: list[str], line_by_line: bool) -> list[str]:
@@ -171,7 +203,7 @@ def raw_splits(config: RunConfig, train: bool = True) -> dict[str, Raw]:
     `train` (the training text streams), only a validation file."""
     cfg = config.data
     if not train:
-        return {"validation": load_file(cfg.validation_file, config.cache_dir, cfg.text_column)} \
+        return {"validation": load_file(cfg.validation_file, config.cache_dir, cfg.text_column, cfg.sample_by)} \
             if cfg.validation_file else {}
     if cfg.dataset_name:
         try:
@@ -186,9 +218,9 @@ def raw_splits(config: RunConfig, train: bool = True) -> dict[str, Raw]:
         return {split: Raw(column, loaded[split][1], loaded[split][0]) for split in ("train", "validation")
                 if split in loaded}
     if cfg.train_file:
-        raws = {"train": load_file(cfg.train_file, config.cache_dir, cfg.text_column)}
+        raws = {"train": load_file(cfg.train_file, config.cache_dir, cfg.text_column, cfg.sample_by)}
         if cfg.validation_file:
-            raws["validation"] = load_file(cfg.validation_file, config.cache_dir, cfg.text_column)
+            raws["validation"] = load_file(cfg.validation_file, config.cache_dir, cfg.text_column, cfg.sample_by)
         return raws
     return {"train": Raw.of(Dataset.from_dict({"text": builtin_texts()}), "text")}
 
@@ -198,8 +230,9 @@ def stream_dataset(config: RunConfig) -> datasets.IterableDataset:
     cfg = config.data
     if cfg.dataset_name:
         return datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name, split="train", streaming=True)
-    builder = inputs.DATA_SUFFIXES[Path(cfg.train_file).suffix.lower()]
-    return datasets.load_dataset(builder, data_files={"train": cfg.train_file}, split="train", streaming=True)
+    builder, options = builder_options(cfg.train_file, cfg.sample_by)
+    return datasets.load_dataset(builder, data_files={"train": spec.files(cfg.train_file)}, split="train",
+                                 streaming=True, **options)
 
 
 def row_texts(config: RunConfig, rows: Iterable[dict]) -> Iterator[str]:
@@ -222,7 +255,7 @@ def stream_rows(config: RunConfig) -> Iterator[str]:
 def stream_texts(config: RunConfig) -> Iterator[str]:
     """The non-empty units of the stream (a tokenizer's sample is drawn from its head)."""
     for row in stream_rows(config):
-        yield from non_empty([row], config.data.line_by_line)
+        yield from non_empty([row], split_lines(config.data))
 
 
 def _rows_or_encoding_error(rows: Iterator[dict], path: str | None) -> Iterator[dict]:

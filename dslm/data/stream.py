@@ -29,7 +29,8 @@ from transformers import PreTrainedTokenizerBase
 
 from dslm import dist, inputs
 from dslm.config import RunConfig
-from dslm.data import encode, sources
+from dslm.data import encode, mixture, sources, spec
+from dslm.errors import ConfigError
 
 BATCH_TEXTS, BATCH_BYTES = 1000, 1 << 20  # per encode call; a resume re-encodes one such batch
 KEY = "_stream"  # the position a sample carries until the loop takes its batch
@@ -42,6 +43,8 @@ class Reader:
         self.config = config
         path = config.data.train_file
         self.kind = Path(path).suffix.lower() if path else "builtin"
+        if path and (config.data.sample_by != "line" or spec.files(path) != [path]):
+            self.kind = "rows"  # paragraphs, whole files, several files: datasets' reader cuts them
 
     def batches(self, k: int, n: int, start: Any) -> Iterator[tuple[Any, list[str]]]:
         if self.kind in (".txt", ".jsonl"):
@@ -102,10 +105,13 @@ class StreamBlocks(torch.utils.data.IterableDataset):
     """Tokenize and pack on the fly, each reader its share; positions are recorded for an exact resume."""
 
     def __init__(self, config: RunConfig, tokenizer: PreTrainedTokenizerBase, columns: list[str]) -> None:
-        self.config, self.columns = config, columns
         self.reader = Reader(config)
         self.encode = encode.encoder(tokenizer, columns, line_by_line=config.data.line_by_line,
                                      max_seq_length=config.data.max_seq_length)
+        self._positions(config, columns)
+
+    def _positions(self, config: RunConfig, columns: list[str]) -> None:
+        self.config, self.columns = config, columns
         self.epoch = 0
         self.resume: dict[int, dict[str, Any]] = {}  # reader -> position, to continue from
         self.consumed: dict[int, dict[str, Any]] = {}  # reader -> position after the last batch taken
@@ -171,7 +177,7 @@ class StreamBlocks(torch.utils.data.IterableDataset):
         carry = state["carry"] if state else {name: [] for name in self.columns}
         skip = state["taken"] if state else 0
         for at, texts in self.reader.batches(k, n, state["offset"] if state else None):
-            enc = self.encode(sources.non_empty(texts, line_by_line))
+            enc = self.encode(sources.non_empty(texts, sources.split_lines(self.config.data)))
             start_carry = {name: list(values) for name, values in carry.items()}
             if line_by_line:
                 samples = ({name: enc[name][i] for name in self.columns} for i in range(len(enc["input_ids"])))
@@ -193,3 +199,33 @@ class StreamBlocks(torch.utils.data.IterableDataset):
             yield {name: carry[name][i * block:(i + 1) * block] for name in self.columns}
         for name in self.columns:
             del carry[name][:n * block]
+
+
+class MixedStream(StreamBlocks):
+    """Streamed sources mixed by weight: each reader draws from its share of every source in the order of
+    the blend (data.mixture), and a source that runs out on a reader starts its next pass there. A
+    position holds the reader's draws so far and each source's own position and pass."""
+
+    def __init__(self, config: RunConfig, streams: list[StreamBlocks], weights: tuple[float, ...]) -> None:
+        self.streams, self.weights = streams, weights
+        self._positions(config, streams[0].columns)
+
+    def _samples(self, k: int, n: int, state: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+        counts = list(state["counts"]) if state else [0] * len(self.streams)
+        passes = list(state["passes"]) if state else [0] * len(self.streams)
+        positions = list(state["sources"]) if state else [None] * len(self.streams)
+        its = [s._samples(k, n, p) for s, p in zip(self.streams, positions, strict=True)]
+        for i in mixture.draws(self.weights, counts):
+            sample = next(its[i], None)
+            if sample is None:  # this source's share is used up: its next pass
+                passes[i] += 1
+                its[i] = self.streams[i]._samples(k, n, None)
+                sample = next(its[i], None)
+                if sample is None:
+                    raise ConfigError(f"a training source gives stream reader {k} of {n} no block: give it more "
+                                      f"text, or use fewer ranks or DataLoader workers")
+            positions[i] = sample[KEY][1]
+            sample[KEY] = (k, {"pass": self.epoch, "counts": list(counts), "passes": list(passes),
+                               "sources": list(positions)})
+            sample[mixture.SOURCE] = i
+            yield sample
