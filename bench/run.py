@@ -37,6 +37,11 @@ BENCHES = {  # name -> (command, quick extra flags)
                     ["--sizes_gb", "0.05", "0.2"]),
     "stream_resume": (["bench/stream_resume.py", "--json", str(RESULTS / "stream_resume.json")],
                       ["--size_gb", "0.2", "--repeats", "1"]),
+    "head_memory": (["-m", "bench.head_memory", "--out", str(RESULTS / "head_memory.json")],
+                    ["--layers", "2", "--repeats", "1"]),
+    "train_clm124m": (["-m", "bench.train_bench", "--objectives", "clm124m", "--zero", "zero2", "--seq", "1024",
+                       "--micro", "2", "--steps", "3", "--repeats", "1", "--out", str(RESULTS / "train_clm124m.json")],
+                      ["--steps", "2"]),
 }
 
 

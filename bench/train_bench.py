@@ -25,6 +25,9 @@ CASES = {
     "mlm": {"objective": "mlm", "family": "bert", "hf_type": "bert",
             "overrides": "hidden_size=256,num_hidden_layers=4,num_attention_heads=4,intermediate_size=1024"},
     "clm": {"objective": "clm", "family": "gpt2", "hf_type": "gpt2", "overrides": "n_embd=256,n_layer=4,n_head=4"},
+    # GPT-2 124M with its own 50,257-entry vocabulary (the tokenizer's ids are a subset): the head's memory
+    "clm124m": {"objective": "clm", "family": "gpt2", "hf_type": "gpt2",
+                "overrides": "n_embd=768,n_layer=12,n_head=12,vocab_size=50257"},
 }
 
 
@@ -140,7 +143,7 @@ def main() -> None:
                     m = common.measure(cmd)
                     if m.returncode != 0:
                         raise SystemExit(f"{side} {objective} {zero} failed ({m.returncode}):\n{m.output[-4000:]}")
-                    out_dir = work / f"dslm-{objective}-{zero}"
+                    out_dir = work / f"dslm-{CASES[objective]['objective']}-{zero}"
                     f = (dslm_figures(m, out_dir, tokens_per_step) if side == "dslm"
                          else hf_figures(m, work / "hf-result.json"))
                     print(f"{objective} {zero} {side} repeat {repeat}: {f['tokens_per_second']:.0f} tok/s, first step "

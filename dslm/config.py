@@ -132,6 +132,12 @@ class TrainConfig:
                                 "longer while it compiles)", False)
     gradient_checkpointing: bool = _help("recompute activations in backward: less memory, about a third more "
                                          "compute", False)
+    chunked_cross_entropy: bool = _help("clm/plm: the output projection and the loss a chunk of rows at a time, "
+                                        "never the whole logits (the same loss and gradients, far less memory); "
+                                        "false: the plain head", True)
+    profile: str | None = _help("profile optimizer steps A-B (or one step N): a torch.profiler trace in "
+                                "OUTPUT_DIR/profile for Perfetto and TensorBoard, and the top operators at the end "
+                                "(rank 0)")
     on_nan: str = _help("a step whose loss or gradients hold inf/NaN: stop (keep the last checkpoint as latest "
                         "and exit 3) or skip (drop its update, count it, go on)", "stop")
     dist_timeout: float = _help("minutes a collective waits for the other ranks before the job fails, so a dead "
@@ -239,6 +245,9 @@ class RunConfig:
         if self.logging.report_to not in TRACKERS:
             raise ConfigError(f"--report_to {self.logging.report_to!r}: dslm reports to wandb or none "
                               f"(metrics.jsonl is always written)")
+        from dslm import profile  # (imports torch: not at the CLI's start)
+
+        profile.parse(t.profile)
         if t.on_nan not in ON_NAN:
             raise ConfigError(f"unknown --on_nan {t.on_nan!r}: use stop or skip")
         if t.bf16 and t.fp16:

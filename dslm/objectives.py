@@ -170,7 +170,7 @@ class Forward:
         self.index: torch.Tensor | None = None  # set only during a sparse forward
         if self.sparse:
             model.get_submodule(head).register_forward_pre_hook(self._labelled_only)
-        output = model.get_output_embeddings() if objective in ("clm", "plm") else None
+        output = model.get_output_embeddings() if chunked and objective in ("clm", "plm") else None
         self.chunked = chunked and isinstance(output, torch.nn.Linear)
         self.pending: torch.Tensor | None = None  # the labels, while a chunked forward runs
         self.result: tuple[torch.Tensor, torch.Tensor] | None = None

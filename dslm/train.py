@@ -27,6 +27,7 @@ from dslm import (
     nonfinite,
     objectives,
     outdir,
+    profile,
     redact,
     trackers,
 )
@@ -38,6 +39,7 @@ from dslm.data import cache, mixture, sampler, sources, stream
 from dslm.errors import ConfigError, PeerLost, Stopped
 from dslm.evaluation import Evaluator
 from dslm.export import export
+from dslm.profile import StepProfiler
 from dslm.progress import Progress
 from dslm.report import Reporter
 from dslm.schedule import Schedule
@@ -145,7 +147,9 @@ def build(config: RunConfig, start: Start, reporter: Reporter) -> Parts:
     with model.partitioned(ds):
         module = model.build(config, spec, prepared.tokenizer)
     resume_from = checkpoint.load_dir(found, ds, world, reporter.say) if found else None
-    forward = objectives.Forward(module, spec.objective)
+    # ZeRO-3's partitioned backward expects the projection's own output in the graph: the plain head there
+    forward = objectives.Forward(module, spec.objective,
+                                 chunked=t.chunked_cross_entropy and ds_config.zero_stage(ds) != 3)
     eng = engine.build(module, ds, config, plan)
     torch.manual_seed(t.seed + rank)  # same initial weights on every rank, different masks and dropout per rank
     progress = Progress()
@@ -211,7 +215,8 @@ def save(parts: Parts, reporter: Reporter, unlogged_tokens: tuple[int, list[int]
     return path
 
 
-def loop(config: RunConfig, parts: Parts, reporter: Reporter, guard: nonfinite.Guard, stop: dist.StopFlag) -> float:
+def loop(config: RunConfig, parts: Parts, reporter: Reporter, guard: nonfinite.Guard, stop: dist.StopFlag,
+         profiler: StepProfiler) -> float:
     """Train to the schedule's last step; the seconds it took."""
     t, eng, progress, total = config.train, parts.engine, parts.progress, parts.schedule.total_steps
     gas, samples_per_micro = t.gradient_accumulation_steps, t.per_device_train_batch_size * dist.world_size()
@@ -224,6 +229,7 @@ def loop(config: RunConfig, parts: Parts, reporter: Reporter, guard: nonfinite.G
     eng.train()
     while progress.step < total:
         logging_now = reporter.should_log(progress.step + 1, total)
+        profiler.before(progress.step + 1)
         micro = []
         for _ in range(gas):  # the whole step's batches first: its loss is normalized by all their labels
             epoch, batch = next(batches)
@@ -236,6 +242,7 @@ def loop(config: RunConfig, parts: Parts, reporter: Reporter, guard: nonfinite.G
         result = train_step(eng, parts.forward, parts.module, micro, guard, want_norm=logging_now)
         logger.norm = logger.norm if result.norm is None else result.norm
         progress.step += 1
+        profiler.after(progress.step)
         if guard.after_step(progress.step, result.loss_sum):  # a skipped step's loss stays out of the logged mean
             window.add_step(result.loss_sum, result.label_tokens)
         reporter.advance()
@@ -335,8 +342,11 @@ def run(config: RunConfig) -> dict[str, Any]:
         before = parts.evaluator(parts.engine) if progress.step == 0 else {}
         reporter.evaluated(0, before, when="before")
         start_step = progress.step
-        seconds = loop(config, parts, reporter, guard, stop)
+        profiler = StepProfiler(profile.parse(t.profile), out, reporter.enabled)
+        seconds = loop(config, parts, reporter, guard, stop, profiler)
         results = finish(parts, reporter, out, seconds, start_step, before)
+        if profiler.summary():
+            reporter.say(profiler.summary())
         reporter.close(exit_code=0)
         return results
     except BaseException as exc:  # the W&B run records how the job ended, then the error goes on

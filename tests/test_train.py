@@ -106,3 +106,22 @@ def test_gradient_checkpointing_and_logging_first_step(tmp_path):
     assert sorted(logged) == [1, 2, 4]
     # Each logged loss is the mean since the previous log: plain's step 2 covers steps 1 and 2.
     assert [(logged[1] + logged[2]) / 2, logged[4]] == pytest.approx(train_losses(plain), rel=1e-5)
+
+
+def test_the_chunked_head_trains_as_the_plain_one_and_a_profile_names_it(tmp_path):
+    """GPT-2 with an 8,000-entry vocabulary and 8 x 255 predictions per micro batch: 16M logits, two chunks.
+    The losses of the plain head, and a trace of steps 2-3 that holds the chunked head's backward."""
+    chunked, plain = tmp_path / "chunked", tmp_path / "plain"
+    flags = ["--model_type", "gpt2", "--config_overrides", "n_embd=32,n_layer=2,n_head=2", "--vocab_size", "8000",
+             "--max_seq_length", "256", "--per_device_train_batch_size", "8", "--max_steps", "4",
+             "--logging_steps", "1", "--validation_split_percentage", "0", "--learning_rate", "2e-3"]
+    proc = dslm("train", *flags, "--output_dir", str(chunked), "--profile", "2-3")
+    dslm("train", *flags, "--output_dir", str(plain), "--chunked_cross_entropy", "false")
+    assert train_losses(chunked) == pytest.approx(train_losses(plain), rel=1e-4)
+    trace = json.loads((chunked / "profile" / "rank0.steps-2-3.pt.trace.json").read_text())
+    names = {e.get("name", "") for e in trace["traceEvents"]}
+    assert any("LinearCrossEntropyBackward" in n for n in names) and "aten::addmm" in names
+    assert "profile of steps 2-3 (rank 0)" in proc.stdout and "Self CPU time total" in proc.stdout
+    # ZeRO-3 keeps the plain head (its partitioned backward needs the projection's output in the graph)
+    dslm("train", *flags, "--output_dir", str(tmp_path / "zero3"), "--deepspeed", "zero3")
+    assert results(tmp_path / "zero3")["train"]["steps"] == 4
