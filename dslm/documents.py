@@ -19,9 +19,8 @@ FAMILIES = {"clm": ("gpt2", "llama", "mistral", "qwen2"), "mlm": ("bert", "rober
 _OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")
 
 
-def check(objective: str, family: str, line_by_line: bool) -> None:
-    if line_by_line:
-        raise ConfigError("--reset_attention_mask applies to packed blocks: drop it or --line_by_line")
+def check(objective: str, family: str) -> None:
+    """(--line_by_line, which packs nothing, is refused with the flags: RunConfig.validate.)"""
     if family not in FAMILIES.get(objective, ()):
         able = "; ".join(f"{o}: {', '.join(names)}" for o, names in FAMILIES.items())
         raise ConfigError(f"--reset_attention_mask needs a model family whose attention transformers can confine "

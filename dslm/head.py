@@ -53,7 +53,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             g.mul_(counted[:, None])
             g = g.to(hidden.dtype)
             grad_hidden[start:start + rows] = g @ weight
-            grad_weight.addmm_(g.t().float() if g.dtype != torch.float32 else g.t(), h.float())
+            grad_weight.addmm_(g.t().float(), h.float())
             if grad_bias is not None:
                 grad_bias += g.float().sum(0)
         ctx.save_for_backward(*(t for t in (grad_hidden, grad_weight, grad_bias) if t is not None))

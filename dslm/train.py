@@ -91,7 +91,7 @@ def check(config: RunConfig, reporter: Reporter) -> Start:
     for warning in spec.warnings:
         reporter.say(warning, file=sys.stderr)
     if config.data.reset_attention_mask:
-        documents.check(spec.objective, spec.family, config.data.line_by_line)
+        documents.check(spec.objective, spec.family)
     cache.check_slices(config, spec.family, spec.objective, spec.tokenizer)
     ds_source = str(ds_config.locate(t.deepspeed))
     ds_raw = ds_config.load(t.deepspeed)

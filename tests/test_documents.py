@@ -117,14 +117,16 @@ def test_end_id_refuses_a_tokenizer_that_marks_no_end():
 
 
 def test_check_refuses_other_families_and_lines():
-    documents.check("clm", "llama", line_by_line=False)
-    documents.check("mlm", "roberta", line_by_line=False)
+    from dslm.config import RunConfig
+
+    documents.check("clm", "llama")
+    documents.check("mlm", "roberta")
     with pytest.raises(ConfigError) as err:
-        documents.check("plm", "xlnet", line_by_line=False)
+        documents.check("plm", "xlnet")
     message = str(err.value)
     assert "\n" not in message and "got xlnet (plm)" in message and "gpt2" in message and "bert" in message
     with pytest.raises(ConfigError) as err:
-        documents.check("clm", "gpt2", line_by_line=True)
+        RunConfig.from_flags(model_type="gpt2", reset_attention_mask=True, line_by_line=True)
     assert "\n" not in str(err.value) and "--line_by_line" in str(err.value)
 
 

@@ -148,8 +148,7 @@ def check_slices(config: RunConfig, family: str, objective: str, tokenizer: PreT
     data_spec = spec.load(cfg)
     configs = source_configs(config, data_spec) if data_spec else [config]
     if tokenizer is None:
-        directory = tokenizer_dir(config, family, "+".join(sources.source_fingerprint(c.data) for c in configs)
-                                  if data_spec else sources.source_fingerprint(cfg))
+        directory = tokenizer_dir(config, family, corpus_key(configs))
         if not directory.exists():
             raise ConfigError(f"no slice of {cfg.num_shards} is prepared in {config.cache_dir} (its tokenizer is not "
                               f"there): run `{PREPARE} --num_shards {cfg.num_shards} --shard_index I` with this run's "
@@ -186,12 +185,17 @@ def prepare_slices(config: RunConfig, family: str, objective: str,
     return [prepare_slice(c, family, objective, tokenizer) for c in configs]
 
 
+def corpus_key(configs: list[RunConfig]) -> str:
+    """What a tokenizer trained on the corpus is keyed by: its sources' identities (one source: its own, as
+    Inputs keys it)."""
+    return "+".join(sources.source_fingerprint(c.data) for c in configs)
+
+
 def mixture_tokenizer(config: RunConfig, configs: list[RunConfig], family: str) -> PreTrainedTokenizerBase:
     """A tokenizer trained once on an equal share of every source's sample (not on the weights: a new weight
     must not change the ids)."""
-    key = "+".join(sources.source_fingerprint(c.data) for c in configs)
     n = max(1, config.data.tokenizer_train_samples // len(configs))
-    return tok.train_once(tokenizer_dir(config, family, key), family, config.model.vocab_size,
+    return tok.train_once(tokenizer_dir(config, family, corpus_key(configs)), family, config.model.vocab_size,
                           lambda: [text for c in configs for text in tokenizer_sample(c, n)],
                           overwrite=config.data.overwrite_cache)
 

@@ -56,7 +56,7 @@ class Source:
         return dataclasses.replace(base, train_file=self.path, dataset_name=self.dataset,
                                    dataset_config_name=self.dataset_config, text_column=self.text_column,
                                    sample_by=self.sample_by, validation_file=None, data_spec=None,
-                                   validation_split_percentage=holdout, num_shards=base.num_shards)
+                                   validation_split_percentage=holdout)
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,26 @@ def files(pattern: str) -> list[str]:
     return sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
 
 
+# The flags `load` reads: a run asks for its spec several times (the flags' check, the run's identity, the
+# slices' check, the preparation), and each load checks every file of it, so the result is kept per process.
+_FLAGS = ("data_spec", "train_file", "dataset_name", "dataset_config_name", "validation_file", "text_column",
+          "sample_by")
+_loaded: dict[tuple, DataSpec | None] = {}
+
+
 def load(cfg: DataConfig) -> DataSpec | None:
     """The spec of --data_spec, or of --validation_file name=path pairs; None for plain single-source flags."""
+    stamp = None
+    if cfg.data_spec and Path(cfg.data_spec).is_file():  # an edited spec is read again
+        stat = Path(cfg.data_spec).stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+    key = (stamp, *(getattr(cfg, name) for name in _FLAGS))
+    if key not in _loaded:  # (a failed load raises and is not kept)
+        _loaded[key] = _load(cfg)
+    return _loaded[key]
+
+
+def _load(cfg: DataConfig) -> DataSpec | None:
     if cfg.data_spec:
         return _from_file(cfg)
     pairs = validation_pairs(cfg.validation_file)
