@@ -29,6 +29,9 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*torch.distributed.*deprecated.*")
     for name in ("DeepSpeed", "deepspeed", "torch.distributed"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # DeepSpeed's notice that it found no GPU, on every rank at its import: dslm's start-up line names the
+    # device instead ("1 rank on cpu"), once.
+    logging.getLogger("DeepSpeed").addFilter(lambda record: "Setting accelerator to CPU" not in record.getMessage())
 
 
 def _take_launcher_flags(argv: list[str]) -> tuple[list[str], bool]:
@@ -55,7 +58,7 @@ def _take_launcher_flags(argv: list[str]) -> tuple[list[str], bool]:
 
 def _check_flag_names(args: list[str]) -> None:
     """Fire runs a command before it complains about a flag it could not use: refuse typos first."""
-    known = set(all_fields())
+    known = {*all_fields(), "config"}
     bools = {name for name, kind in field_types().items() if kind is bool}
     for arg in args:
         if arg in ("--", "--help", "-h"):
@@ -75,7 +78,9 @@ def _with_flags(fn: Callable[[RunConfig], Any], summary: str) -> Callable[..., A
     def command(**flags: Any) -> None:
         fn(RunConfig.from_flags(**flags))
 
-    params, lines = [], []
+    params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="str | None")]
+    lines = ["    config: YAML or JSON file of flag names and values (run_config.json of a run is one); flags on the "
+             "command line override it"]
     for section in SECTIONS.values():
         for f in dataclasses.fields(section):
             params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
@@ -131,11 +136,25 @@ def plot(*run_dirs: str, out: str = "curves.png") -> None:
     run(list(run_dirs), out)
 
 
+def runs(*run_dirs: str, format: str = "markdown") -> None:
+    """Compare runs: one row per run (status, model, steps, tokens, losses, tokens/s, wall time, and the settings
+    that differ between them), finished or still training.
+
+    Args:
+        run_dirs: output directories of dslm train runs
+        format: markdown (a table), csv or json (raw numbers; wall time in seconds)
+    """
+    from dslm.runs import run
+
+    run(list(run_dirs), format)
+
+
 COMMANDS = {
     "train": _with_flags(_train, "Pretrain or continue pretraining a model (mlm, clm or plm) on a DeepSpeed engine."),
     "prepare": _with_flags(_prepare, "Train the tokenizer and tokenize the data into the cache, ahead of a launch."),
     "export": export,
     "plot": plot,
+    "runs": runs,
     "hostfile": hostfile.COMMANDS,
 }
 

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dslm import inputs
+from dslm import config_file, inputs
 from dslm.data import spec
-from dslm.errors import ConfigError
+from dslm.errors import ConfigError, suggest
 
 OBJECTIVES = ("mlm", "clm", "plm")
 ON_NAN = ("stop", "skip")
-TRACKERS = ("wandb", "all", "none")
+TRACKERS = ("wandb", "tensorboard")  # --report_to also takes all (every one installed) and none
+LOG_MODEL = ("end", "checkpoint", "false")  # the Trainer's WANDB_LOG_MODEL values
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt")
 
@@ -149,13 +152,53 @@ class TrainConfig:
 
 @dataclass
 class LoggingConfig:
-    report_to: str = _help("wandb, all (every tracker installed: W&B) or none; W&B runs offline (upload later "
-                           "with `wandb sync`) when there is no login, and WANDB_MODE is honoured", "wandb")
+    report_to: str = _help("trackers beside metrics.jsonl: wandb, tensorboard (event files in OUTPUT_DIR/tensorboard), "
+                           "a comma list of them, all (every one installed) or none; W&B runs offline (upload "
+                           "later with `wandb sync`) when there is no login, and WANDB_MODE is honoured", "wandb")
+    wandb_log_model: str | None = _help("log the model as a W&B artifact: end (the final model), checkpoint (each "
+                                        "checkpoint, consolidated) or false; default $WANDB_LOG_MODEL, else false")
     wandb_project: str | None = _help("W&B project; default $WANDB_PROJECT, else dslm")
     wandb_entity: str | None = _help("W&B entity (team or user); default $WANDB_ENTITY")
     wandb_group: str | None = _help("W&B group, to compare runs side by side; default $WANDB_RUN_GROUP")
     wandb_tags: str | None = _help("comma-separated W&B tags; default $WANDB_TAGS")
     run_name: str | None = _help("run name; default $WANDB_NAME, else objective-model-size-zero stage")
+
+    @property
+    def trackers(self) -> list[str]:
+        """The trackers --report_to names, "all" as every one installed."""
+        names = [name.strip() for name in self.report_to.split(",") if name.strip()]
+        if names in (["none"], []):
+            return []
+        if names == ["all"]:
+            return [name for name in TRACKERS if importlib.util.find_spec(name) is not None]
+        return names
+
+    @property
+    def log_model(self) -> str:
+        if self.wandb_log_model:
+            return self.wandb_log_model.lower()
+        env = (os.environ.get("WANDB_LOG_MODEL") or "false").lower()
+        return "end" if env == "true" else env  # the Trainer's older spelling of end
+
+    def check(self) -> None:
+        names = [name.strip() for name in self.report_to.split(",") if name.strip()]
+        for name in names:
+            if name not in (*TRACKERS, "all", "none"):
+                raise ConfigError(f"--report_to {name!r} is not a tracker: use wandb, tensorboard, a comma list of "
+                                  f"them, all or none (metrics.jsonl is always written)")
+        if len(names) > 1 and {"all", "none"} & set(names):
+            raise ConfigError(f"--report_to {self.report_to!r}: all and none stand alone: give one of them, or a "
+                              f"comma list of trackers")
+        if "tensorboard" in names and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("--report_to tensorboard: TensorBoard is not installed: pip install tensorboard (or "
+                              "dslm[tensorboard]), or leave it out of --report_to")
+        if self.log_model not in LOG_MODEL:
+            where = "--wandb_log_model" if self.wandb_log_model else "WANDB_LOG_MODEL"
+            raise ConfigError(f"{where} {self.log_model!r}: use end (the final model), checkpoint (every checkpoint) "
+                              f"or false")
+        if self.wandb_log_model and self.log_model != "false" and "wandb" not in self.trackers:
+            raise ConfigError(f"--wandb_log_model {self.log_model} logs to W&B, which --report_to "
+                              f"{self.report_to} leaves out: add wandb to --report_to, or drop --wandb_log_model")
 
 
 SECTIONS = {"model": ModelConfig, "objective": ObjectiveConfig, "data": DataConfig, "train": TrainConfig,
@@ -173,20 +216,24 @@ class RunConfig:
     given: frozenset[str] = frozenset()
 
     @classmethod
-    def from_flags(cls, **flags: Any) -> RunConfig:
+    def from_flags(cls, config: str | None = None, **flags: Any) -> RunConfig:
+        """The settings of a --config file (if any), with the command line's flags over them."""
         unknown = set(flags) - set(all_fields())
         if unknown:
             raise ConfigError(f"unknown flag --{sorted(unknown)[0]}: see `dslm train --help`")
-        sections = {}
-        for name, section_cls in SECTIONS.items():
-            values = {}
-            for f in dataclasses.fields(section_cls):
-                if f.name in flags:
-                    values[f.name] = coerce(f.name, flags[f.name])
-            sections[name] = section_cls(**values)
-        config = cls(**sections, given=frozenset(flags))
-        config.validate()
-        return config
+        values = {name: coerce(name, value) for name, value in flags.items()}
+        from_file = file_flags(config) if config is not None else {}
+        # A file's value counts as given (a DeepSpeed JSON value may not contradict it) where it is not the
+        # default: run_config.json lists every flag, and reproduces its run only if its defaults stay defaults.
+        defaults = {name: f.default for name, f in all_fields().items()}
+        given = set(values) | {name for name, value in from_file.items() if value != defaults[name]}
+        values = {**from_file, **values}
+        sections = {name: section_cls(**{f.name: values[f.name] for f in dataclasses.fields(section_cls)
+                                         if f.name in values})
+                    for name, section_cls in SECTIONS.items()}
+        run_config = cls(**sections, given=frozenset(given))
+        run_config.validate()
+        return run_config
 
     def validate(self) -> None:
         m, o, d, t = self.model, self.objective, self.data, self.train
@@ -242,9 +289,7 @@ class RunConfig:
         if t.lr_scheduler_type not in SCHEDULERS:
             raise ConfigError(f"unknown --lr_scheduler_type {t.lr_scheduler_type!r}: use one of "
                               f"{', '.join(SCHEDULERS)}")
-        if self.logging.report_to not in TRACKERS:
-            raise ConfigError(f"--report_to {self.logging.report_to!r}: dslm reports to wandb or none "
-                              f"(metrics.jsonl is always written)")
+        self.logging.check()
         from dslm import profile  # (imports torch: not at the CLI's start)
 
         profile.parse(t.profile)
@@ -333,11 +378,50 @@ def field_types() -> dict[str, type]:
     return out
 
 
-def coerce(name: str, value: Any) -> Any:
-    """Turn what Fire parsed into the field's type, or say which flag is wrong."""
+def file_flags(path: str) -> dict[str, Any]:
+    """The settings of a --config file: flat keys named as the flags (the JSON file of HfArgumentParser), or
+    grouped by section as run_config.json writes them."""
+    raw = config_file.parse(path, "--config", "file of flag names and values")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config {path} is not a mapping of flag names to values: write `name: value` lines "
+                          f"(YAML) or a JSON object")
+    known = all_fields()
+    out: dict[str, Any] = {}
+
+    def put(name: Any, value: Any, choices: Any, section: str | None = None) -> None:
+        name = str(name)
+        if section and name not in choices and name in known:
+            home = next(key for key, cls in SECTIONS.items() if name in {f.name for f in dataclasses.fields(cls)})
+            raise ConfigError(f"--config {path}: {name!r} belongs in section {home!r}, not {section!r}: move it")
+        if name not in choices:
+            hint = suggest(name, choices, " (did you mean {}?)") if choices else ""
+            raise ConfigError(f"--config {path}: unknown key {name!r}{hint}: use the names of `dslm train --help`")
+        if name in out:
+            raise ConfigError(f"--config {path}: {name!r} is given twice: keep one")
+        try:
+            out[name] = coerce(name, value, from_file=True)
+        except ConfigError as exc:
+            raise ConfigError(f"--config {path}: {str(exc).removeprefix('--')}: fix it in the file") from None
+
+    for key, value in raw.items():
+        if key in SECTIONS and isinstance(value, dict):
+            section = {f.name for f in dataclasses.fields(SECTIONS[key])}
+            for name, item in value.items():
+                put(name, item, section, key)
+        else:
+            put(key, value, known)
+    return out
+
+
+def coerce(name: str, value: Any, from_file: bool = False) -> Any:
+    """Turn what Fire (or a --config file) parsed into the field's type, or say which flag is wrong."""
     target = field_types()[name]
     if value is None:
+        if from_file and all_fields()[name].default is not None:  # Fire cannot pass None, a file can
+            raise ConfigError(f"--{name} expects {target.__name__}, got null")
         return None
+    if isinstance(value, (dict, list)) and not (target is str and isinstance(value, list)):
+        raise ConfigError(f"--{name} expects {target.__name__}, got {value!r}")
     if target is bool:
         if isinstance(value, bool):
             return value

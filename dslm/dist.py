@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -91,7 +92,9 @@ def init(timeout_minutes: float = 30.0) -> None:
     c10d.default_pg_timeout = timeout
     if isinstance(getattr(c10d, "default_pg_nccl_timeout", None), timedelta):
         c10d.default_pg_nccl_timeout = timeout
-    deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
+    # On CPUs it loads its shm comm op and prints that it "built successfully" on every rank, each run.
+    with contextlib.redirect_stdout(io.StringIO()):
+        deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
     elif "OMP_NUM_THREADS" not in os.environ:

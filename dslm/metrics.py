@@ -16,6 +16,11 @@ def elapsed() -> float:
     return time.time() - psutil.Process().create_time()
 
 
+def device_name() -> str:
+    """The accelerator a rank trains on, as `dslm runs` shows it."""
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
 def memory_figures() -> dict[str, float]:
     if torch.cuda.is_available():
         return {"memory/peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30}

@@ -16,7 +16,9 @@ from dslm.checkpoint import STATE, Checkpoints, Found
 from dslm.config import RunConfig
 from dslm.errors import ConfigError
 
-RUN_OUTPUTS = ("checkpoints", "final", "metrics.jsonl", "results.json", "ds_config.json", "run_config.json")
+RUN_FACTS = "run.json"  # what the run is (objective, model, size, ranks, ZeRO stage, steps), written at its start
+RUN_OUTPUTS = ("checkpoints", "final", "metrics.jsonl", "results.json", "ds_config.json", "run_config.json",
+               RUN_FACTS, "tensorboard")
 # The run's identity (its fingerprint: model, objective, data, seed), written as soon as the directory is
 # made: a run killed before its first checkpoint is still recognised when the same command runs again.
 IDENTITY = "dslm_run.json"

@@ -1,5 +1,5 @@
 """Everything a person or a tool reads of a run, written by global rank 0 only: console lines and the
-progress bar, metrics.jsonl, the W&B run, results.json and the closing summary.
+progress bar, metrics.jsonl, the trackers (W&B, TensorBoard), results.json and the closing summary.
 
 Other ranks hold a Reporter that writes nothing, so call sites need no rank checks. Errors are the
 one output that does not come through here (the CLI prints them, on whichever rank they happen).
@@ -16,10 +16,10 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from dslm import atomic
+from dslm import atomic, trackers
 from dslm.errors import first_line
 from dslm.evaluation import set_names
-from dslm.trackers import WandbRun
+from dslm.trackers import TensorBoardRun, WandbRun
 
 
 def _key(name: str, figure: str) -> str:
@@ -31,13 +31,15 @@ def _label(name: str) -> str:
 
 
 class Reporter:
-    def __init__(self, output_dir: Path, enabled: bool, logging_steps: int = 1, logging_first_step: bool = False):
+    def __init__(self, output_dir: Path, enabled: bool, logging_steps: int = 1, logging_first_step: bool = False,
+                 log_model: str = "false"):
         self.enabled = enabled
+        self.log_model = log_model  # --wandb_log_model
         self.metrics = output_dir / "metrics.jsonl"
         self.results_path = output_dir / "results.json"
         self.logging_steps, self.logging_first_step = logging_steps, logging_first_step
-        self.wandb: WandbRun | None = None
-        self.pending: dict[str, Any] = {}  # W&B gets one log call per step with all of that step's figures
+        self.trackers: list[WandbRun | TensorBoardRun] = []
+        self.pending: dict[str, Any] = {}  # trackers get one log call per step with all of that step's figures
         self.pending_step: int | None = None
         self.bar: tqdm | None = None
         self.last_train_loss: float | None = None  # for results.json: the last window's mean
@@ -55,9 +57,9 @@ class Reporter:
     def warn(self, message: str) -> None:
         self.say(f"warning: {message}")
 
-    def start(self, total_steps: int, step: int, wandb_run: WandbRun | None) -> None:
+    def start(self, total_steps: int, step: int, trackers: list[WandbRun | TensorBoardRun]) -> None:
         """The progress bar from `step` on (a line per logging step where output is not a terminal)."""
-        self.wandb = wandb_run
+        self.trackers = trackers
         if self.enabled:
             self.bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                             file=sys.stderr, disable=None)
@@ -71,7 +73,7 @@ class Reporter:
             self.bar.close()
             self.bar = None
 
-    # ---- metrics.jsonl and W&B
+    # ---- metrics.jsonl and the trackers
     def should_log(self, step: int, total: int) -> bool:
         return step % self.logging_steps == 0 or step == total or (self.logging_first_step and step == 1)
 
@@ -90,7 +92,7 @@ class Reporter:
             return
         with self.metrics.open("a") as f:
             f.write(json.dumps({"step": step, "time": time.time(), **figures}) + "\n")
-        if self.wandb is not None:
+        if self.trackers:
             if self.pending_step is not None and step != self.pending_step:
                 self._flush()
             self.pending_step = step
@@ -122,19 +124,39 @@ class Reporter:
                 f"{figures[_key(name, 'perplexity')]:.2f}" for name in names or [""]))
 
     def _flush(self) -> None:
-        if self.wandb is not None and self.pending:
-            try:
-                self.wandb.log(self.pending_step, self.pending)
-            except Exception as exc:  # any failure of W&B's service process
-                self._wandb_lost(exc)
+        if self.pending:
+            for tracker in list(self.trackers):
+                try:
+                    tracker.log(self.pending_step, self.pending)
+                except Exception as exc:  # any failure of a tracker's process or files
+                    self._tracker_lost(tracker, exc)
         self.pending, self.pending_step = {}, None
 
-    def _wandb_lost(self, exc: Exception) -> None:
-        """W&B's service process gone (a job's SIGTERM reaches it too: preemption, a SLURM time limit) must not
-        end the training or its checkpoint: the run goes on without it."""
-        self.wandb = None
-        self.warn(f"W&B stopped ({type(exc).__name__}: {first_line(exc)}); the run goes on, and metrics.jsonl has "
-                  f"every figure")
+    def _tracker_lost(self, tracker: WandbRun | TensorBoardRun, exc: Exception) -> None:
+        """A tracker that fails (W&B's service process gone: a job's SIGTERM reaches it too, on preemption or a
+        SLURM time limit; a full disk under TensorBoard's files) must not end the training or its checkpoint:
+        the run goes on without it."""
+        self.trackers.remove(tracker)
+        self.warn(f"{tracker.name} stopped ({type(exc).__name__}: {first_line(exc)}); the run goes on, and "
+                  f"metrics.jsonl has every figure")
+
+    def model_saved(self, directory: Path, step: int, final: bool, facts: dict[str, Any]) -> None:
+        """A W&B model artifact as --wandb_log_model asks: the exported final model (end, checkpoint), or a
+        checkpoint consolidated into a model directory (checkpoint). A failure costs the artifact only."""
+        wandb_run = next((t for t in self.trackers if isinstance(t, WandbRun)), None)
+        if wandb_run is None or self.log_model == "false" or (not final and self.log_model != "checkpoint"):
+            return
+        self._flush()  # the artifact after its step's figures
+        metadata = {"step": step, **facts, "train/loss": self.last_train_loss, **self.logged_eval(step)}
+        aliases = ["latest", f"step-{step}", *(["final"] if final else [])]
+        try:
+            if final:
+                wandb_run.log_model(directory, aliases, metadata)
+            else:
+                trackers.export_and_log(wandb_run.log_model, directory, aliases, metadata)
+        except Exception as exc:
+            self.warn(f"the model of step {step} was not logged to W&B ({type(exc).__name__}: {first_line(exc)}); "
+                      f"the run goes on")
 
     # ---- the end
     def results(self) -> dict[str, Any]:
@@ -161,13 +183,13 @@ class Reporter:
         """results.json and the closing summary line."""
         if not self.enabled:
             return
-        self.results_path.write_text(json.dumps(results, indent=2))
+        atomic.write_file(self.results_path, json.dumps(results, indent=2))  # a kill leaves no torn file
         train, before, after = results["train"], results["eval_before"], results["eval"]
         seconds = train["runtime_s"]
         skipped = f", {train['skipped_steps']} skipped for inf/NaN" if train["skipped_steps"] else ""
         summary = f"done: {train['steps']} steps{skipped}"
         if seconds:
-            summary += f" in {seconds:.0f}s ({train['tokens'] / seconds:.0f} tokens/s)"
+            summary += f" in {seconds:.0f}s ({train['tokens_per_second']:.0f} tokens/s)"
         for name in set_names(after) or ([""] if after else []):
             perplexity, accuracy = _key(name, "perplexity"), _key(name, "accuracy")
             if perplexity in before:
@@ -178,12 +200,13 @@ class Reporter:
         self.say(summary + f"; model in {final_dir}")
 
     def close(self, exit_code: int) -> None:
-        """The last call: the bar closed, W&B's last step sent and its run ended with how the job ended."""
+        """The last call: the bar closed, the trackers' last step sent and W&B's run ended with how the job
+        ended."""
         self.end_progress()
         self._flush()
-        if self.wandb is not None:
+        for tracker in list(self.trackers):
             try:
-                self.wandb.finish(exit_code)
-            except Exception as exc:  # any failure of W&B's service process
-                self._wandb_lost(exc)
-            self.wandb = None
+                tracker.finish(exit_code)
+            except Exception as exc:
+                self._tracker_lost(tracker, exc)
+        self.trackers = []

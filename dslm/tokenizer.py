@@ -128,6 +128,9 @@ def train_once(directory: Path, family: str, vocab_size: int, texts: Callable[[]
         with FileLock(str(directory) + ".lock"):
             if not directory.exists():
                 corpus = texts()
+                # dslm's line instead of the trainer's progress bars (blank lines where output is a file)
+                print(f"tokenizer: training a {kind_for(family, objective).name} of {vocab_size} tokens on "
+                      f"{len(corpus)} texts (kept for later runs in {directory.parent})", flush=True)
                 batches = (corpus[i:i + 1000] for i in range(0, len(corpus), 1000))
                 trained = train(family, batches, vocab_size, objective)
                 atomic.write_directory(directory, lambda tmp: trained.save_pretrained(str(tmp)))
@@ -169,7 +172,7 @@ def train(family: str, texts: Iterable[list[str]], vocab_size: int,
 
         base.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=True)
         vocab_size = max(vocab_size - len(BYTE_TOKENS), 0)  # room for the byte tokens
-    trained = base.train_new_from_iterator(texts, vocab_size=vocab_size)
+    trained = base.train_new_from_iterator(texts, vocab_size=vocab_size, show_progress=False)
     if kind.sentencepiece:
         trained.backend_tokenizer.pre_tokenizer = whole_text
     if kind.pad_is_eos:  # padding reuses end-of-text, masked by attention_mask

@@ -1,13 +1,19 @@
-"""Trackers beside metrics.jsonl: one W&B run per job, opened by global rank 0 only."""
+"""Trackers beside metrics.jsonl (W&B, TensorBoard): opened by global rank 0 only, each with the same metric
+names and steps; a resumed job continues its own."""
 
 from __future__ import annotations
 
+import json
 import netrc
 import os
+import shutil
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from dslm import redact
 from dslm.errors import ConfigError
@@ -50,6 +56,8 @@ def netrc_key() -> str | None:
 class WandbRun:
     """One W&B run per job, opened by global rank 0 only; resumed under the same id after a restart."""
 
+    name = "W&B"
+
     def __init__(self, output_dir: Path, resume_step: int | None, name: str, job_type: str, config: dict[str, Any],
                  logging: Any, say: Any) -> None:
         import wandb
@@ -83,8 +91,44 @@ class WandbRun:
         if step > self.skip_until:
             self.run.log(figures, step=step)
 
+    def log_model(self, directory: Path, aliases: list[str], metadata: dict[str, Any]) -> None:
+        """A Hugging Face model directory as a model artifact of this run (the Trainer's WANDB_LOG_MODEL): its
+        files are copied into W&B's staging area, so `directory` may go once this returns."""
+        import wandb
+
+        artifact = wandb.Artifact(f"model-{self.run.id}", type="model", metadata=redact.redact(metadata))
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):  # add_dir prints to the console
+            artifact.add_file(str(path), name=str(path.relative_to(directory)))
+        self.run.log_artifact(artifact, aliases=aliases)
+
     def finish(self, exit_code: int = 0) -> None:
         self.run.finish(exit_code=exit_code)
+
+
+class TensorBoardRun:
+    """Event files in OUTPUT_DIR/tensorboard, read by `tensorboard --logdir OUTPUT_DIR/tensorboard`."""
+
+    name = "TensorBoard"
+
+    def __init__(self, output_dir: Path, resume_step: int | None, config: dict[str, Any], say: Any) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        # A resumed run logs again from the step after its checkpoint: a start marker at that step makes
+        # TensorBoard drop what the interrupted run's files hold from there on, so no step shows twice.
+        self.writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"), flush_secs=10,
+                                    purge_step=None if resume_step is None else resume_step + 1)
+        if not resume_step:  # a fresh run, or one started again before its first checkpoint
+            self.writer.add_text("config", f"```\n{json.dumps(config, indent=2)}\n```", 0)
+        say(f"TensorBoard: `tensorboard --logdir {output_dir / 'tensorboard'}`")
+
+    def log(self, step: int, figures: dict[str, Any]) -> None:
+        for key, value in figures.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()  # a run in progress (or killed) shows every logged step
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.writer.close()
 
 
 def library_versions() -> dict[str, str]:
@@ -115,12 +159,33 @@ def wandb_config(config: dict[str, Any], ds: dict[str, Any], facts: dict[str, An
                           "git_commit": git_commit()})
 
 
-def start_wandb(config: Any, ds: dict[str, Any], facts: dict[str, Any], output_dir: Path, resumed_at: int | None,
-                say: Any) -> WandbRun | None:
-    """The job's W&B run (global rank 0 calls this), or None when W&B is off."""
-    if config.logging.report_to == "none" or wandb_mode() == "disabled":
-        return None
-    name = (f"{facts['objective']}-{facts['model_type']}-{facts['parameters'] / 1e6:.1f}M-"
-            f"zero{facts['zero_stage']}")
-    return WandbRun(output_dir, resume_step=resumed_at, job_type=facts["objective"],
-                    config=wandb_config(config.to_dict(), ds, facts), name=name, logging=config.logging, say=say)
+def start(config: Any, ds: dict[str, Any], facts: dict[str, Any], output_dir: Path, resumed_at: int | None,
+          say: Any) -> list[WandbRun | TensorBoardRun]:
+    """The job's trackers (global rank 0 calls this), W&B first; none when --report_to none."""
+    out: list[WandbRun | TensorBoardRun] = []
+    chosen = config.logging.trackers
+    if "wandb" in chosen and wandb_mode() != "disabled":
+        name = (f"{facts['objective']}-{facts['model_type']}-{facts['parameters'] / 1e6:.1f}M-"
+                f"zero{facts['zero_stage']}")
+        out.append(WandbRun(output_dir, resume_step=resumed_at, job_type=facts["objective"],
+                            config=wandb_config(config.to_dict(), ds, facts), name=name, logging=config.logging,
+                            say=say))
+    if "tensorboard" in chosen:
+        out.append(TensorBoardRun(output_dir, resumed_at, redact.redact({**config.to_dict(), "run": facts}), say))
+    return out
+
+
+def export_and_log(log: Any, checkpoint_dir: Path, aliases: list[str], metadata: dict[str, Any]) -> None:
+    """A checkpoint consolidated into a model directory (a temporary one in the output directory, on the
+    checkpoints' file system, gone afterwards), logged by `log`."""
+    from dslm.export import export
+
+    scratch = Path(tempfile.mkdtemp(prefix=".artifact-", dir=checkpoint_dir.parent.parent))
+    try:
+        # Building the model to load the weights into initializes it from torch's generator: the training's
+        # own draws (dropout, masks) must go on as they would without the artifact.
+        with torch.random.fork_rng(devices=[]):
+            export(checkpoint_dir, scratch / "model", check=False)
+        log(scratch / "model", aliases, metadata)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -3,6 +3,7 @@ then one flat loop of step / log / eval / save, then the final eval and export."
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -16,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dslm import (
+    atomic,
     checkpoint,
     dist,
     documents,
@@ -82,7 +84,7 @@ def check(config: RunConfig, reporter: Reporter) -> Start:
     """Everything that can be checked cheaply, before the process group or any output exists (the
     launcher's variables completed first: `dist.fill_launcher_env`)."""
     t = config.train
-    if config.logging.report_to != "none":
+    if "wandb" in config.logging.trackers:
         trackers.check_environment()
     if config.data.shard_index is not None:
         raise ConfigError("--shard_index prepares one slice of the cache: it is for `dslm prepare`; train with "
@@ -205,14 +207,23 @@ def sources_added(parts: Parts, tokens: list[int]) -> dict[str, int]:
     return {name: parts.progress.tokens_by_source.get(name, 0) + n for name, n in zip(names, tokens, strict=True)}
 
 
-def save(parts: Parts, reporter: Reporter, unlogged_tokens: tuple[int, list[int]]) -> Path:
-    """A checkpoint of where training is now (with the tokens since the last log), its cost logged."""
+def save(parts: Parts, reporter: Reporter, unlogged_tokens: tuple[int, list[int]], final: bool = False) -> Path:
+    """A checkpoint of where training is now (with the tokens since the last log), its cost logged (and the
+    checkpoint logged to W&B when --wandb_log_model checkpoint asks)."""
     progress = dataclasses.replace(parts.progress, tokens_seen=parts.progress.tokens_seen + unlogged_tokens[0],
                                    tokens_by_source=sources_added(parts, unlogged_tokens[1]))
     extra = {"stream": parts.position.snapshot()} if isinstance(parts.position, stream.StreamBlocks) else {}
     path = parts.checkpointer.save(parts.engine, parts.module, parts.prepared.tokenizer, progress, extra)
     reporter.log(progress.step, parts.checkpointer.figures())
+    if not final:  # the last one is logged as the exported final model
+        reporter.model_saved(path, progress.step, final=False, facts=artifact_facts(parts, progress))
     return path
+
+
+def artifact_facts(parts: Parts, progress: Progress) -> dict[str, Any]:
+    f = parts.facts
+    return {"tokens_seen": progress.tokens_seen, "objective": f["objective"], "model_type": f["model_type"],
+            "parameters": f["parameters"], "zero_stage": f["zero_stage"], "world_size": f["world_size"]}
 
 
 def loop(config: RunConfig, parts: Parts, reporter: Reporter, guard: nonfinite.Guard, stop: dist.StopFlag,
@@ -321,7 +332,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     stop = dist.StopFlag()
     stop.install()
     reporter = Reporter(out, enabled=dist.is_main(), logging_steps=t.logging_steps,
-                        logging_first_step=t.logging_first_step)
+                        logging_first_step=t.logging_first_step, log_model=config.logging.log_model)
     start = check(config, reporter)
     dist.init(t.dist_timeout)
     quiet_libraries(reporter.enabled)
@@ -338,13 +349,13 @@ def run(config: RunConfig) -> dict[str, Any]:
                             min_loss_scale=float(start.ds.get("fp16", {}).get("min_loss_scale", 1)),
                             progress=progress, warn=reporter.warn, kept=parts.checkpoints.kept)
     try:
-        reporter.start(total, progress.step, open_wandb(config, parts, start, reporter))
+        reporter.start(total, progress.step, open_trackers(config, parts, start, reporter))
         before = parts.evaluator(parts.engine) if progress.step == 0 else {}
         reporter.evaluated(0, before, when="before")
-        start_step = progress.step
+        start_step, start_tokens = progress.step, progress.tokens_seen
         profiler = StepProfiler(profile.parse(t.profile), out, reporter.enabled)
         seconds = loop(config, parts, reporter, guard, stop, profiler)
-        results = finish(parts, reporter, out, seconds, start_step, before)
+        results = finish(parts, reporter, out, seconds, (start_step, start_tokens), before)
         if profiler.summary():
             reporter.say(profiler.summary())
         reporter.close(exit_code=0)
@@ -358,48 +369,55 @@ def run(config: RunConfig) -> dict[str, Any]:
         raise
 
 
-def finish(parts: Parts, reporter: Reporter, out: Path, seconds: float, start_step: int,
+def finish(parts: Parts, reporter: Reporter, out: Path, seconds: float, started_at: tuple[int, int],
            before: dict[str, float]) -> dict[str, Any]:
     """The final eval, the last checkpoint, its export to OUTPUT_DIR/final, results.json and the summary."""
     progress = parts.progress
     reporter.end_progress()
     after = parts.evaluator(parts.engine)
     reporter.evaluated(progress.step, after, when="after")
-    final = save(parts, reporter, (0, []))  # the last step is a logging step: no tokens are unlogged
+    final = save(parts, reporter, (0, []), final=True)  # the last step is a logging step: no tokens are unlogged
     if dist.is_main():
         export(final, out / "final", check=False, overwrite=True)
+        reporter.model_saved(out / "final", progress.step, final=True, facts=artifact_facts(parts, progress))
     dist.wait_all("exported", "rank 0 to export the model")
-    results = results_of(parts, start_step, seconds, reporter.last_train_loss, before, after)
+    results = results_of(parts, started_at, seconds, reporter.last_train_loss, before, after)
     reporter.finished(results, out / "final")
     return results
 
 
-def results_of(parts: Parts, start_step: int, seconds: float | None, train_loss: float | None,
+def results_of(parts: Parts, started_at: tuple[int, int], seconds: float | None, train_loss: float | None,
                before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """`started_at`: the step and tokens seen where this session began; `seconds`: its training time."""
     progress, f = parts.progress, parts.facts
+    start_step, start_tokens = started_at
+    session_tokens = progress.tokens_seen - start_tokens  # a resumed run's rate is of what it trained itself
     return {
-        "objective": f["objective"], "model_type": f["model_type"], "world_size": f["world_size"],
+        "objective": f["objective"], "model_type": f["model_type"], "parameters": f["parameters"],
+        "world_size": f["world_size"],
         "nodes": f["nodes"], "zero_stage": f["zero_stage"], "data_fingerprint": f["data_fingerprint"],
         "resumed_from_step": start_step or None,
         "sources": {name: {"weight": weight, "tokens": progress.tokens_by_source.get(name, 0)}
                     for name, weight in (f["sources"] or {}).items()} or None,
         "train": {"steps": progress.step, "samples": progress.samples, "tokens": progress.tokens_seen,
                   "loss": train_loss, "skipped_steps": progress.skipped_steps, "runtime_s": seconds,
-                  "tokens_per_second": progress.tokens_seen / seconds if seconds else None},
+                  "tokens_per_second": session_tokens / seconds if seconds else None,
+                  # from the run's first start (run.json) to now: start-ups, evaluations and any downtime
+                  "wall_s": time.time() - f["started"] if f.get("started") else None},
         "eval_before": before, "eval": after,
     }
 
 
-def open_wandb(config: RunConfig, parts: Parts, start: Start, reporter: Reporter) -> trackers.WandbRun | None:
-    """The job's W&B run, on global rank 0 only; a resumed or restarted run continues its own."""
+def open_trackers(config: RunConfig, parts: Parts, start: Start, reporter: Reporter) -> list[Any]:
+    """The job's trackers, on global rank 0 only; a resumed or restarted run continues its own."""
     if not reporter.enabled:
-        return None
+        return []
     f = parts.facts
     facts = {**f, "ranks_per_node": f["world_size"] // f["nodes"], "total_steps": parts.schedule.total_steps,
              "train_examples": None if config.data.streaming else len(parts.prepared.train),
              "eval_examples": sum(len(v) for v in parts.prepared.eval_sets().values())}
     resumed_at = parts.progress.step if parts.found or start.rerun else None
-    return trackers.start_wandb(config, start.ds, facts, Path(config.train.output_dir), resumed_at, reporter.say)
+    return trackers.start(config, start.ds, facts, Path(config.train.output_dir), resumed_at, reporter.say)
 
 
 def quiet_libraries(main: bool) -> None:
@@ -424,16 +442,34 @@ def write_run_files(config: RunConfig, parts: Parts, ds: dict[str, Any], reporte
         elif parts.progress.step < parts.schedule.total_steps:  # training further: the last export is stale
             outdir.clear_results(out)
         (out / "ds_config.json").write_text(json.dumps(ds, indent=2))
-        (out / "run_config.json").write_text(json.dumps(redact.redact(
-            {**config.to_dict(), "objective_resolved": f["objective"], "model_type": f["model_type"]}), indent=2))
+        # Settings only, by section: the file is itself a valid --config that reproduces the run.
+        (out / "run_config.json").write_text(json.dumps(redact.redact(config.to_dict()), indent=2))
+        write_run_facts(out, parts)
     n_train = "streamed" if config.data.streaming else len(parts.prepared.train)
     n_eval = sum(len(v) for v in parts.prepared.eval_sets().values())
+    ranks = f"{f['world_size']} rank{'s' if f['world_size'] > 1 else ''} on {metrics.device_name()}"
     reporter.say(f"{f['objective']} | {f['model_type']} {f['parameters'] / 1e6:.2f}M params | ZeRO-{f['zero_stage']} | "
-                 f"{f['world_size']} ranks | {n_train} train / {n_eval} eval examples of "
+                 f"{ranks} | {n_train} train / {n_eval} eval examples of "
                  f"{config.data.max_seq_length} tokens | {parts.schedule.total_steps} steps of {f['tokens_per_step']} "
                  f"tokens | output {out}")
     reporter.say(checkpoint.estimate_line(parts.checkpoints.root, f["parameters"], t.bf16 or t.fp16,
                                           t.save_total_limit))
+
+
+def write_run_facts(out: Path, parts: Parts) -> None:
+    """run.json: what the run is, settled at its start (what `dslm runs` shows of a run still training), and
+    when its first process began (a resumed run keeps it)."""
+    path = out / outdir.RUN_FACTS
+    started = None
+    if parts.found and path.exists():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            started = json.loads(path.read_text()).get("started")
+    f = parts.facts
+    facts = {key: f[key] for key in ("objective", "model_type", "parameters", "world_size", "nodes", "zero_stage",
+                                     "tokens_per_step", "sources")}
+    f["started"] = started or time.time() - metrics.elapsed()  # when this process began
+    atomic.write_file(path, json.dumps({**facts, "total_steps": parts.schedule.total_steps,
+                                        "device": metrics.device_name(), "started": f["started"]}, indent=2))
 
 
 def already_trained(parts: Parts, out: Path, reporter: Reporter) -> dict[str, Any]:
@@ -448,7 +484,8 @@ def already_trained(parts: Parts, out: Path, reporter: Reporter) -> dict[str, An
     results = dist.broadcast(reporter.results())  # only rank 0's Reporter reads files
     if not results:  # the final figures from the checkpoint and the log; the training time is not known
         after = parts.evaluator(parts.engine)
-        results = results_of(parts, parts.progress.step, None, reporter.logged("train/loss"),
+        results = results_of(parts, (parts.progress.step, parts.progress.tokens_seen), None,
+                             reporter.logged("train/loss"),
                              reporter.logged_eval(0), after)
         reporter.finished(results, out / "final")
     return results

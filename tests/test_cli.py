@@ -61,7 +61,10 @@ def assert_one_line_error(code, err, message):
     (["--config_overrides", "num_layers=2"], "configs have no field 'num_layers'"),
     (["--config_overrides", "num_hidden_layers=two"], "is not a valid int"),
     (["--config_overrides", "hidden_size=129,num_attention_heads=2"], "cannot build a bert model"),
-    (["--report_to", "tensorboard"], "dslm reports to wandb or none"),
+    (["--report_to", "comet_ml"], "is not a tracker: use wandb, tensorboard"),
+    (["--report_to", "wandb,none"], "all and none stand alone"),
+    (["--wandb_log_model", "always"], "use end (the final model), checkpoint (every checkpoint) or false"),
+    (["--wandb_log_model", "end", "--report_to", "tensorboard"], "add wandb to --report_to"),
     (["--lr_scheduler_type", "cosine", "--deepspeed", "tests/data/ds_with_scheduler.json"], "drop one"),
 ])
 def test_bad_input_gets_one_line_and_writes_nothing(capsys, tmp_path, args, message):

@@ -19,7 +19,7 @@ def train_figures(loss: float | None) -> dict:
     return {"train/loss": loss, "train/learning_rate": 1e-3, "perf/tokens_per_second": 1234.4}
 
 
-RESULTS = {"train": {"steps": 10, "runtime_s": 4.0, "tokens": 4000, "skipped_steps": 0},
+RESULTS = {"train": {"steps": 10, "runtime_s": 4.0, "tokens": 4000, "tokens_per_second": 1000.0, "skipped_steps": 0},
            "eval_before": {"eval/perplexity": 100.0, "eval/accuracy": 0.01},
            "eval": {"eval/perplexity": 50.0, "eval/accuracy": 0.1}}
 
@@ -52,7 +52,7 @@ def test_log_appends_json_lines(tmp_path):
 
 def test_train_figures_print_a_line_without_a_terminal(tmp_path, capsys):
     r = Reporter(tmp_path, enabled=True)
-    r.start(total_steps=10, step=0, wandb_run=None)  # stderr is captured, not a tty: tqdm disables the bar
+    r.start(total_steps=10, step=0, trackers=[])  # stderr is captured, not a tty: tqdm disables the bar
     assert r.bar is not None and r.bar.disable is True
     r.log(5, train_figures(2.5))
     r.log(6, train_figures(None))
@@ -131,7 +131,7 @@ def test_results_of_a_run_without_results(tmp_path):
 def test_disabled_reporter_writes_and_prints_nothing(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text('{"step": 9}\n')  # another rank's view of rank 0's file
     r = Reporter(tmp_path, enabled=False, logging_steps=1)
-    r.start(total_steps=10, step=0, wandb_run=None)
+    r.start(total_steps=10, step=0, trackers=[])
     r.say("hello")
     r.warn("careful")
     r.resumed(3)
@@ -147,6 +147,8 @@ def test_disabled_reporter_writes_and_prints_nothing(tmp_path, capsys):
 
 
 class FakeWandb:
+    name = "W&B"
+
     def __init__(self) -> None:
         self.logged: list[tuple[int, dict]] = []
         self.finished_with: int | None = None
@@ -161,7 +163,7 @@ class FakeWandb:
 def test_wandb_gets_one_call_per_step(tmp_path, capsys):
     run = FakeWandb()
     r = Reporter(tmp_path, enabled=True)
-    r.start(total_steps=10, step=0, wandb_run=run)
+    r.start(total_steps=10, step=0, trackers=[run])
     r.log(5, train_figures(2.5))
     r.log(5, {"eval/loss": 2.0, "checkpoint/save_seconds": None})  # None is not sent
     assert run.logged == []  # the step may get more figures
@@ -170,13 +172,15 @@ def test_wandb_gets_one_call_per_step(tmp_path, capsys):
     r.close(exit_code=3)
     assert run.logged[1:] == [(6, {"eval/loss": 1.9})]
     assert run.finished_with == 3
-    assert r.wandb is None
+    assert r.trackers == []
 
 
 def test_a_wandb_service_that_died_does_not_end_the_run(tmp_path, capsys):
     """A job's SIGTERM reaches W&B's service process too: its run then fails every call."""
 
     class Dead:
+        name = "W&B"
+
         def log(self, step, figures):
             raise BrokenPipeError("the service is gone")
 
@@ -184,7 +188,7 @@ def test_a_wandb_service_that_died_does_not_end_the_run(tmp_path, capsys):
             raise BrokenPipeError("the service is gone")
 
     r = Reporter(tmp_path, enabled=True)
-    r.start(total_steps=4, step=0, wandb_run=Dead())
+    r.start(total_steps=4, step=0, trackers=[Dead()])
     r.log(1, {"eval/loss": 1.0})
     r.log(2, {"eval/loss": 0.9})  # a new step sends the last one: W&B fails, once
     r.log(3, {"eval/loss": 0.8})

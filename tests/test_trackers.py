@@ -1,14 +1,18 @@
-"""W&B's mode from the environment and login, and the run config it gets (secrets redacted)."""
+"""W&B's mode from the environment and login, the run config it gets (secrets redacted); --report_to and
+--wandb_log_model; TensorBoard's event files, read back with its own reader."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 
 from dslm import trackers
-from dslm.trackers import wandb_config, wandb_mode
+from dslm.config import LoggingConfig
+from dslm.errors import ConfigError
+from dslm.trackers import TensorBoardRun, wandb_config, wandb_mode
 
 NETRC_ENTRY = "machine api.wandb.ai\n  login user\n  password 0123456789abcdef0123456789abcdef01234567\n"
 
@@ -118,3 +122,67 @@ def test_an_empty_wandb_mode_is_unset_and_an_unknown_one_refused(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     check_environment()
     assert os.environ["WANDB_MODE"] == "offline"
+
+
+# ---- --report_to and --wandb_log_model
+
+def test_report_to_lists_and_all(monkeypatch):
+    assert LoggingConfig(report_to="wandb,tensorboard").trackers == ["wandb", "tensorboard"]
+    assert LoggingConfig(report_to=" tensorboard ").trackers == ["tensorboard"]
+    assert LoggingConfig(report_to="none").trackers == []
+    assert LoggingConfig(report_to="all").trackers == ["wandb", "tensorboard"]  # both installed here
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name))
+    assert LoggingConfig(report_to="all").trackers == ["wandb"]
+    with pytest.raises(ConfigError, match=r"TensorBoard is not installed: pip install tensorboard"):
+        LoggingConfig(report_to="wandb,tensorboard").check()
+
+
+def test_log_model_from_the_flag_or_the_trainers_variable(monkeypatch):
+    monkeypatch.delenv("WANDB_LOG_MODEL", raising=False)
+    assert LoggingConfig().log_model == "false"
+    monkeypatch.setenv("WANDB_LOG_MODEL", "checkpoint")
+    assert LoggingConfig().log_model == "checkpoint"
+    assert LoggingConfig(wandb_log_model="end").log_model == "end"
+    LoggingConfig(report_to="none").check()  # the variable alone does not need W&B on
+    monkeypatch.setenv("WANDB_LOG_MODEL", "TRUE")
+    assert LoggingConfig().log_model == "end"  # the Trainer still reads its older spelling so
+    monkeypatch.setenv("WANDB_LOG_MODEL", "sometimes")
+    with pytest.raises(ConfigError, match="WANDB_LOG_MODEL 'sometimes': use end"):
+        LoggingConfig().check()
+
+
+# ---- TensorBoard, read back with TensorBoard's own reader
+
+def scalars(logdir: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_tensorboard_writes_each_figure_at_its_step(tmp_path):
+    tb = TensorBoardRun(tmp_path, None, {"train": {"learning_rate": 1e-3}}, say=lambda line: None)
+    tb.log(2, {"train/loss": 5.5, "train/grad_norm": None, "train/tokens_seen": 128, "note": "text"})
+    tb.log(4, {"train/loss": 5.25, "eval/perplexity": 190.0})
+    tb.finish()
+    assert scalars(tmp_path / "tensorboard", "train/loss") == [(2, 5.5), (4, 5.25)]
+    assert scalars(tmp_path / "tensorboard", "train/tokens_seen") == [(2, 128.0)]
+    assert scalars(tmp_path / "tensorboard", "eval/perplexity") == [(4, 190.0)]
+
+
+def test_a_resumed_run_replaces_what_the_interrupted_one_logged_after_its_checkpoint(tmp_path):
+    """Killed at step 7 after a checkpoint at step 5: the resumed run logs 6 and 7 again, and TensorBoard shows
+    each step once, with the resumed run's value."""
+    first = TensorBoardRun(tmp_path, None, {}, say=lambda line: None)
+    for step in range(1, 8):
+        first.log(step, {"train/loss": 10.0 - step})
+    first.writer.flush()  # what a kill leaves: the files as written, never closed
+    resumed = TensorBoardRun(tmp_path, 5, {}, say=lambda line: None)
+    for step in range(6, 10):
+        resumed.log(step, {"train/loss": 100.0 - step})
+    resumed.finish()
+    assert scalars(tmp_path / "tensorboard", "train/loss") == [
+        (1, 9.0), (2, 8.0), (3, 7.0), (4, 6.0), (5, 5.0), (6, 94.0), (7, 93.0), (8, 92.0), (9, 91.0)]
+    assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 2

@@ -51,14 +51,28 @@ def test_deepspeed_and_torchrun_launches_train_the_same(tmp_path):
     assert results(a)["eval"]["eval/loss"] == pytest.approx(results(b)["eval"]["eval/loss"], rel=1e-6)
 
 
-def test_builtin_default_run_learns(tmp_path):
-    """`dslm train` with no model or data flags: a small BERT on pydoc's topics (the README's main job)."""
-    out = tmp_path / "out"
-    proc = dslm("train", "--output_dir", str(out), "--num_train_epochs", "1")
+# The lines of the README's main job, as a fresh machine prints them (W&B offline without a login).
+QUICKSTART_LINES = ("data: the built-in corpus", "tokenizer: training a BertTokenizer of 8000 tokens",
+                    "mlm | bert 1.20M params | ZeRO-2 | 1 rank on cpu |", "checkpoints: ~13.7 MiB each",
+                    "W&B: no login found, logging offline", "eval before training: loss", "step 50: loss",
+                    "step 100: loss", "step 113: loss", "done: 113 steps in")
+
+
+def test_builtin_default_run_learns_and_prints_only_its_own_lines(tmp_path):
+    """`dslm train` with no model or data flags: a small BERT on pydoc's topics (the README's main job), on a
+    fresh machine: no tokenizer, no datasets cache, no W&B login. Library bars and notices stay out."""
+    out, home = tmp_path / "out", tmp_path / "home"
+    fresh = {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "HF_HOME": str(home / ".cache" / "hf"),
+             "WANDB_MODE": "", "WANDB_API_KEY": ""}
+    proc = dslm("train", "--output_dir", str(out), "--num_train_epochs", "1", extra_env=fresh)
     res = results(out)
     assert res["model_type"] == "bert" and res["objective"] == "mlm"
     assert res["eval"]["eval/perplexity"] < res["eval_before"]["eval/perplexity"] / 5
-    assert "eval perplexity" in proc.stdout and "the built-in corpus" in proc.stdout
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(QUICKSTART_LINES), proc.stdout
+    for line, start in zip(lines, QUICKSTART_LINES, strict=True):
+        assert line.startswith(start), (line, proc.stdout)
+    assert proc.stderr == ""  # the progress bar is for terminals; no warnings
 
 
 def test_streaming_trains_from_a_file_without_caching_it(tmp_path, text_file):

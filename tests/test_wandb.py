@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import deepspeed, dslm, metrics, results, run, tiny_flags
+from conftest import deepspeed, dslm, metrics, results, run, tiny_flags, train_losses
 from test_resume import launch_background, wait_for_step
-from wandb_file import config, history, run_ids
+from wandb_file import config, history, records, run_ids
 
 pytestmark = pytest.mark.slow  # real jobs writing real W&B offline run files
 
@@ -120,3 +121,35 @@ def test_wandb_file_reader_reads_what_wandb_wrote(tmp_path):
     f = offline_runs(tmp_path)[0]
     assert config(f)["x"] == {"y": 1} and [r["m"] for r in history(f)] == [0, 1, 2]
     assert run_ids(f) == {"abc12345"}
+
+
+def artifacts(path: Path) -> list:
+    return [r.artifact for r in records(path) if r.WhichOneof("record_type") == "artifact"]
+
+
+def test_models_logged_as_artifacts_at_each_checkpoint_or_at_the_end(tmp_path, offline):
+    every, end = tmp_path / "every", tmp_path / "end"
+    deepspeed(2, "train", *tiny_flags("gpt2", every, "--save_steps", "2", "--eval_steps", "2",
+                                      "--wandb_log_model", "checkpoint", steps=6))
+    # The Trainer's variable, as people set it for HF runs
+    deepspeed(2, "train", *tiny_flags("gpt2", end, "--save_steps", "2", "--eval_steps", "2", steps=6),
+              extra_env={"WANDB_LOG_MODEL": "end"})
+    logged = artifacts(offline_runs(every)[0])
+    run_id = (every / "wandb_run_id").read_text()
+    assert [(a.name, a.type) for a in logged] == [(f"model-{run_id}", "model")] * 3
+    assert [sorted(a.aliases) for a in logged] == [["latest", "step-2"], ["latest", "step-4"],
+                                                   ["final", "latest", "step-6"]]
+    model_files = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+    for artifact in logged:
+        assert model_files <= {entry.path for entry in artifact.manifest.contents}
+    metadata = [json.loads(a.metadata) for a in logged]
+    by_step = {m["step"]: m for m in metrics(every) if "eval/loss" in m}
+    for meta in metadata:
+        assert meta["eval/loss"] == by_step[meta["step"]]["eval/loss"]
+        assert meta["objective"] == "clm" and meta["model_type"] == "gpt2" and meta["tokens_seen"] > 0
+    assert metadata[-1]["tokens_seen"] == results(every)["train"]["tokens"]
+    final = artifacts(offline_runs(end)[0])
+    assert [sorted(a.aliases) for a in final] == [["final", "latest", "step-6"]]
+    # Consolidating a checkpoint for W&B changes nothing in the training: the same losses as without it
+    assert train_losses(every) == train_losses(end)
+    assert not list(every.glob(".artifact-*"))  # the consolidated copies are gone

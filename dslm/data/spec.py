@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from dslm import inputs
-from dslm.errors import ConfigError, first_line, suggest
+from dslm import config_file, inputs
+from dslm.errors import ConfigError, suggest
 
 if TYPE_CHECKING:
     from dslm.config import DataConfig
@@ -141,47 +138,6 @@ def default_name(path: str | None, dataset: str | None) -> str:
     return Path(*plain).name if plain else "source"
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML that refuses a key given twice (PyYAML would keep the last one silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"{key!r} is given twice",
-                                                        key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-    keys = [k for k, _ in pairs]
-    twice = next((k for k in keys if keys.count(k) > 1), None)
-    if twice is not None:
-        raise ValueError(f"{twice!r} is given twice")
-    return dict(pairs)
-
-
-def _parse(path: str) -> Any:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--data_spec {path}: no such file; give a YAML or JSON data spec")
-    try:
-        text = p.read_text(encoding="utf-8")
-        if p.suffix.lower() == ".json":
-            return json.loads(text, object_pairs_hook=_no_duplicates)
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--data_spec {path} cannot be read ({first_line(exc)}): check the file") from None
-    except (ValueError, yaml.YAMLError) as exc:
-        kind = "JSON" if p.suffix.lower() == ".json" else "YAML"
-        mark = getattr(exc, "problem_mark", None)  # PyYAML's messages span lines: the line and the problem
-        detail = (f"line {mark.line + 1}: {exc.problem}" if mark is not None and getattr(exc, "problem", None)
-                  else " ".join(first_line(exc, 400).split()))
-        raise ConfigError(f"--data_spec {path} is not valid {kind} ({detail}): fix the file") from None
-
-
 def _unknown(where: str, keys: Any, known: tuple[str, ...]) -> None:
     for key in keys:
         if key not in known:
@@ -195,7 +151,7 @@ def _from_file(cfg: DataConfig) -> DataSpec:
     if cfg.train_file or cfg.dataset_name or cfg.validation_file:
         raise ConfigError("--data_spec and --train_file/--dataset_name/--validation_file conflict: put every source "
                           "in the data spec")
-    raw = _parse(path)
+    raw = config_file.parse(path, "--data_spec", "data spec")
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: the spec must be a mapping with the keys {', '.join(TOP_KEYS)}")
     _unknown(where, raw, TOP_KEYS)
