@@ -92,6 +92,8 @@ def init(timeout_minutes: float = 30.0) -> None:
     c10d.default_pg_timeout = timeout
     if isinstance(getattr(c10d, "default_pg_nccl_timeout", None), timedelta):
         c10d.default_pg_nccl_timeout = timeout
+    if backend == "gloo" and is_main() and not _shm_op_built():
+        print("DeepSpeed: compiling its shared-memory comm op, once for this machine (about a minute)", flush=True)
     # On CPUs it loads its shm comm op and prints that it "built successfully" on every rank, each run.
     with contextlib.redirect_stdout(io.StringIO()):
         deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
@@ -101,6 +103,16 @@ def init(timeout_minutes: float = 30.0) -> None:
         torch.set_num_threads(cpu_threads(os.environ))
     _unlink_shm_segment()
     _start_heartbeat()
+
+
+def _shm_op_built() -> bool:
+    """Whether DeepSpeed's CPU comm op is compiled where its JIT build looks (TORCH_EXTENSIONS_DIR)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        return any(Path(_get_build_directory("deepspeed_shm_comm", verbose=False)).glob("*.so"))
+    except Exception:  # a private helper of torch's: when it changes, say nothing rather than fail
+        return True
 
 
 def ranks_per_node(env: MutableMapping[str, str] = os.environ) -> int:
