@@ -163,11 +163,14 @@ class LoggingConfig:
     wandb_tags: str | None = _help("comma-separated W&B tags; default $WANDB_TAGS")
     run_name: str | None = _help("run name; default $WANDB_NAME, else objective-model-size-zero stage")
 
+    def _named(self) -> list[str]:
+        return [name.strip() for name in self.report_to.split(",") if name.strip()]
+
     @property
     def trackers(self) -> list[str]:
         """The trackers --report_to names, "all" as every one installed."""
-        names = [name.strip() for name in self.report_to.split(",") if name.strip()]
-        if names in (["none"], []):
+        names = self._named()
+        if names == ["none"]:
             return []
         if names == ["all"]:
             return [name for name in TRACKERS if importlib.util.find_spec(name) is not None]
@@ -175,13 +178,13 @@ class LoggingConfig:
 
     @property
     def log_model(self) -> str:
-        if self.wandb_log_model:
-            return self.wandb_log_model.lower()
-        env = (os.environ.get("WANDB_LOG_MODEL") or "false").lower()
-        return "end" if env == "true" else env  # the Trainer's older spelling of end
+        mode = (self.wandb_log_model or os.environ.get("WANDB_LOG_MODEL") or "false").lower()
+        return "end" if mode == "true" else mode  # the Trainer still reads its older spelling of end
 
     def check(self) -> None:
-        names = [name.strip() for name in self.report_to.split(",") if name.strip()]
+        names = self._named()
+        if not names:
+            raise ConfigError("--report_to is empty: give wandb, tensorboard, a comma list of them, all or none")
         for name in names:
             if name not in (*TRACKERS, "all", "none"):
                 raise ConfigError(f"--report_to {name!r} is not a tracker: use wandb, tensorboard, a comma list of "
@@ -222,11 +225,8 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"unknown flag --{sorted(unknown)[0]}: see `dslm train --help`")
         values = {name: coerce(name, value) for name, value in flags.items()}
-        from_file = file_flags(config) if config is not None else {}
-        # A file's value counts as given (a DeepSpeed JSON value may not contradict it) where it is not the
-        # default: run_config.json lists every flag, and reproduces its run only if its defaults stay defaults.
-        defaults = {name: f.default for name, f in all_fields().items()}
-        given = set(values) | {name for name, value in from_file.items() if value != defaults[name]}
+        from_file, given_in_file = file_flags(config) if config is not None else ({}, set())
+        given = set(values) | given_in_file  # a DeepSpeed JSON value may not contradict what was given
         values = {**from_file, **values}
         sections = {name: section_cls(**{f.name: values[f.name] for f in dataclasses.fields(section_cls)
                                          if f.name in values})
@@ -378,13 +378,21 @@ def field_types() -> dict[str, type]:
     return out
 
 
-def file_flags(path: str) -> dict[str, Any]:
-    """The settings of a --config file: flat keys named as the flags (the JSON file of HfArgumentParser), or
-    grouped by section as run_config.json writes them."""
+GIVEN_KEY = "given"  # run_config.json: the flags its run was given (the rest are its defaults)
+
+
+def file_flags(path: str) -> tuple[dict[str, Any], set[str]]:
+    """The settings of a --config file, and which of them count as given: flat keys named as the flags (the JSON
+    file of HfArgumentParser), every one given; or grouped by section as run_config.json writes them, every
+    flag's value, with the list of those its run was given (so the file reproduces that run: a default stays a
+    default, which a DeepSpeed JSON may set)."""
     raw = config_file.parse(path, "--config", "file of flag names and values")
     if not isinstance(raw, dict):
         raise ConfigError(f"--config {path} is not a mapping of flag names to values: write `name: value` lines "
                           f"(YAML) or a JSON object")
+    given = raw.pop(GIVEN_KEY, None)
+    if given is not None and not (isinstance(given, list) and all(isinstance(n, str) for n in given)):
+        raise ConfigError(f"--config {path}: {GIVEN_KEY!r} must be a list of flag names: fix it in the file")
     known = all_fields()
     out: dict[str, Any] = {}
 
@@ -410,7 +418,7 @@ def file_flags(path: str) -> dict[str, Any]:
                 put(name, item, section, key)
         else:
             put(key, value, known)
-    return out
+    return out, set(out) if given is None else set(given) & set(out)
 
 
 def coerce(name: str, value: Any, from_file: bool = False) -> Any:
@@ -422,6 +430,9 @@ def coerce(name: str, value: Any, from_file: bool = False) -> Any:
         return None
     if isinstance(value, (dict, list)) and not (target is str and isinstance(value, list)):
         raise ConfigError(f"--{name} expects {target.__name__}, got {value!r}")
+    if from_file and target is str and isinstance(value, bool):
+        raise ConfigError(f"--{name} expects str, got {value} (YAML reads yes/no/on/off/true/false unquoted as "
+                          f"booleans: quote the word)")
     if target is bool:
         if isinstance(value, bool):
             return value

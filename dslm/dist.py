@@ -94,9 +94,15 @@ def init(timeout_minutes: float = 30.0) -> None:
         c10d.default_pg_nccl_timeout = timeout
     if backend == "gloo" and is_main() and not _shm_op_built():
         print("DeepSpeed: compiling its shared-memory comm op, once for this machine (about a minute)", flush=True)
-    # On CPUs it loads its shm comm op and prints that it "built successfully" on every rank, each run.
-    with contextlib.redirect_stdout(io.StringIO()):
-        deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
+    # On CPUs it loads its shm comm op and prints that it "built successfully" on every rank, each run; what it
+    # printed is shown when it fails (a compiler's output, say).
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
+    except BaseException:
+        print(printed.getvalue(), end="", flush=True)
+        raise
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
     elif "OMP_NUM_THREADS" not in os.environ:

@@ -83,9 +83,3 @@ class Evaluator:
             if name:
                 figures.update({f"eval/{name}/{key.removeprefix('eval/')}": value for key, value in got.items()})
         return figures
-
-
-def set_names(figures: dict[str, Any]) -> list[str]:
-    """The named validation sets in a dict of eval figures, in order."""
-    return [key[len("eval/"):-len("/perplexity")] for key in figures
-            if key.startswith("eval/") and key.endswith("/perplexity") and key.count("/") == 2]

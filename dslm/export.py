@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -12,6 +15,8 @@ from dslm import atomic, objectives
 from dslm.checkpoint import read_state
 from dslm.errors import CheckpointError
 from dslm.manifest import verify
+
+SCRATCH_PREFIX = ".export-"  # temporary exports in an output directory: one left by a kill goes at the next start
 
 
 def consolidated_state_dict(checkpoint_dir: Path, zero_stage: int) -> dict[str, torch.Tensor]:
@@ -59,3 +64,18 @@ def _is_tied(model: torch.nn.Module, key: str) -> bool:
     params = dict(model.named_parameters(remove_duplicate=False))
     target = params.get(key)
     return target is not None and any(p is target for k, p in params.items() if k != key)
+
+
+@contextlib.contextmanager
+def temporary(checkpoint_dir: Path) -> Iterator[Path]:
+    """The checkpoint exported to a model directory that lives only inside the `with` (in the output directory:
+    the checkpoints' file system, not a small /tmp)."""
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=checkpoint_dir.parent.parent))
+    try:
+        # Building the model to load the weights into initializes it from torch's generator: a training that
+        # goes on afterwards must draw (dropout, masks) as it would have without this export.
+        with torch.random.fork_rng(devices=[]):
+            export(checkpoint_dir, scratch / "model", check=False)
+        yield scratch / "model"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

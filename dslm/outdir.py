@@ -15,8 +15,8 @@ from dslm import atomic, dist, inputs
 from dslm.checkpoint import STATE, Checkpoints, Found
 from dslm.config import RunConfig
 from dslm.errors import ConfigError
+from dslm.run_files import RUN_FACTS
 
-RUN_FACTS = "run.json"  # what the run is (objective, model, size, ranks, ZeRO stage, steps), written at its start
 RUN_OUTPUTS = ("checkpoints", "final", "metrics.jsonl", "results.json", "ds_config.json", "run_config.json",
                RUN_FACTS, "tensorboard")
 # The run's identity (its fingerprint: model, objective, data, seed), written as soon as the directory is

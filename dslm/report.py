@@ -1,8 +1,10 @@
 """Everything a person or a tool reads of a run, written by global rank 0 only: console lines and the
 progress bar, metrics.jsonl, the trackers (W&B, TensorBoard), results.json and the closing summary.
 
-Other ranks hold a Reporter that writes nothing, so call sites need no rank checks. Errors are the
-one output that does not come through here (the CLI prints them, on whichever rank they happen).
+Other ranks hold a Reporter that writes nothing, so call sites need no rank checks. Errors do not come
+through here (the CLI prints them, on whichever rank they happen), nor do two lines printed before a run has
+a Reporter, each by the one process that does the work: DeepSpeed's comm op compiling (dist.init) and the
+tokenizer training (tokenizer.train_once).
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from dslm import atomic, trackers
+from dslm import atomic
 from dslm.errors import first_line
-from dslm.evaluation import set_names
+from dslm.run_files import set_names
 from dslm.trackers import TensorBoardRun, WandbRun
 
 
@@ -57,9 +59,10 @@ class Reporter:
     def warn(self, message: str) -> None:
         self.say(f"warning: {message}")
 
-    def start(self, total_steps: int, step: int, trackers: list[WandbRun | TensorBoardRun]) -> None:
-        """The progress bar from `step` on (a line per logging step where output is not a terminal)."""
-        self.trackers = trackers
+    def start(self, total_steps: int, step: int, opened: list[WandbRun | TensorBoardRun]) -> None:
+        """The progress bar from `step` on (a line per logging step where output is not a terminal), and the
+        trackers opened for the run."""
+        self.trackers = opened
         if self.enabled:
             self.bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                             file=sys.stderr, disable=None)
@@ -153,7 +156,10 @@ class Reporter:
             if final:
                 wandb_run.log_model(directory, aliases, metadata)
             else:
-                trackers.export_and_log(wandb_run.log_model, directory, aliases, metadata)
+                from dslm import export  # (imports transformers' model classes: only when asked)
+
+                with export.temporary(directory) as model_dir:
+                    wandb_run.log_model(model_dir, aliases, metadata)
         except Exception as exc:
             self.warn(f"the model of step {step} was not logged to W&B ({type(exc).__name__}: {first_line(exc)}); "
                       f"the run goes on")

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dslm.errors import ConfigError
-from dslm.evaluation import set_names
-from dslm.outdir import RUN_FACTS
+from dslm.run_files import RUN_FACTS, set_names
 
 FORMATS = ("markdown", "csv", "json")
 # Settings that differ between any two runs and say nothing about how they trained.
@@ -76,6 +75,10 @@ def load(run_dir: str) -> Run:
 def latest(run: Run, key: str) -> Any:
     """The last logged value of `key`, or None."""
     return next((row[key] for row in reversed(run.rows) if row.get(key) is not None), None)
+
+
+def latest_train_step(run: Run) -> int | None:
+    return next((row.get("step") for row in reversed(run.rows) if row.get("train/loss") is not None), None)
 
 
 def eval_figures(run: Run) -> dict[str, Any]:
@@ -141,11 +144,13 @@ def row(run: Run, evals: list[tuple[str, str]], mfu: bool, settings: list[str]) 
     """One run's cells, raw values (None: not known)."""
     info = {**run.facts, **{k: v for k, v in run.results.items() if not isinstance(v, dict)}}
     train = run.results.get("train") or {}
-    step = train.get("steps") if run.done else latest(run, "step")
+    # In progress: the step of the last train figures, so steps, tokens and loss are of one moment (a stop's
+    # checkpoint row may come later: the status shows it).
+    step = train.get("steps") if run.done else latest_train_step(run)
     figures = eval_figures(run)
     cells = {
         "run": run.path,
-        "status": "done" if run.done else f"{step or 0}/{info.get('total_steps') or '?'}",
+        "status": "done" if run.done else f"{latest(run, 'step') or 0}/{info.get('total_steps') or '?'}",
         "objective": info.get("objective") or run.config.get("objective"),
         "model": model_name(info, run.config),
         "ZeRO stage": info.get("zero_stage"),

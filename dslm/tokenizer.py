@@ -130,7 +130,7 @@ def train_once(directory: Path, family: str, vocab_size: int, texts: Callable[[]
                 corpus = texts()
                 # dslm's line instead of the trainer's progress bars (blank lines where output is a file)
                 print(f"tokenizer: training a {kind_for(family, objective).name} of {vocab_size} tokens on "
-                      f"{len(corpus)} texts (kept for later runs in {directory.parent})", flush=True)
+                      f"{len(corpus)} texts (kept for later runs in {_home_as_tilde(directory.parent)})", flush=True)
                 batches = (corpus[i:i + 1000] for i in range(0, len(corpus), 1000))
                 trained = train(family, batches, vocab_size, objective)
                 atomic.write_directory(directory, lambda tmp: trained.save_pretrained(str(tmp)))
@@ -141,6 +141,11 @@ def train_once(directory: Path, family: str, vocab_size: int, texts: Callable[[]
         atomic.write_directory(directory, lambda tmp: [(tmp / n).write_bytes(b) for n, b in files.items()])
     dist.wait_all(f"tokenizer/{directory.name}", "each node to store the tokenizer")
     return load(str(directory))
+
+def _home_as_tilde(path: Path) -> str:
+    home = Path.home()
+    return f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
+
 
 def kind_for(family: str, objective: str | None = None) -> Kind:
     """The kind of tokenizer `train` gives a model family: its own where dslm knows it, else one chosen by

@@ -6,14 +6,10 @@ from __future__ import annotations
 import json
 import netrc
 import os
-import shutil
 import subprocess
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from dslm import redact
 from dslm.errors import ConfigError
@@ -170,22 +166,8 @@ def start(config: Any, ds: dict[str, Any], facts: dict[str, Any], output_dir: Pa
         out.append(WandbRun(output_dir, resume_step=resumed_at, job_type=facts["objective"],
                             config=wandb_config(config.to_dict(), ds, facts), name=name, logging=config.logging,
                             say=say))
+    elif "wandb" in chosen and config.logging.log_model != "false":
+        say(f"warning: W&B is disabled (WANDB_MODE): --wandb_log_model {config.logging.log_model} logs no model")
     if "tensorboard" in chosen:
         out.append(TensorBoardRun(output_dir, resumed_at, redact.redact({**config.to_dict(), "run": facts}), say))
     return out
-
-
-def export_and_log(log: Any, checkpoint_dir: Path, aliases: list[str], metadata: dict[str, Any]) -> None:
-    """A checkpoint consolidated into a model directory (a temporary one in the output directory, on the
-    checkpoints' file system, gone afterwards), logged by `log`."""
-    from dslm.export import export
-
-    scratch = Path(tempfile.mkdtemp(prefix=".artifact-", dir=checkpoint_dir.parent.parent))
-    try:
-        # Building the model to load the weights into initializes it from torch's generator: the training's
-        # own draws (dropout, masks) must go on as they would without the artifact.
-        with torch.random.fork_rng(devices=[]):
-            export(checkpoint_dir, scratch / "model", check=False)
-        log(scratch / "model", aliases, metadata)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)

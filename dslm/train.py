@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -31,16 +32,17 @@ from dslm import (
     outdir,
     profile,
     redact,
+    run_files,
     trackers,
 )
 from dslm import schedule as schedules
 from dslm import tokenizer as tok
 from dslm.checkpoint import Checkpointer, Checkpoints
-from dslm.config import RunConfig
+from dslm.config import GIVEN_KEY, RunConfig
 from dslm.data import cache, mixture, sampler, sources, stream
 from dslm.errors import ConfigError, PeerLost, Stopped
 from dslm.evaluation import Evaluator
-from dslm.export import export
+from dslm.export import SCRATCH_PREFIX, export
 from dslm.profile import StepProfiler
 from dslm.progress import Progress
 from dslm.report import Reporter
@@ -207,17 +209,24 @@ def sources_added(parts: Parts, tokens: list[int]) -> dict[str, int]:
     return {name: parts.progress.tokens_by_source.get(name, 0) + n for name, n in zip(names, tokens, strict=True)}
 
 
-def save(parts: Parts, reporter: Reporter, unlogged_tokens: tuple[int, list[int]], final: bool = False) -> Path:
-    """A checkpoint of where training is now (with the tokens since the last log), its cost logged (and the
-    checkpoint logged to W&B when --wandb_log_model checkpoint asks)."""
+def save(parts: Parts, reporter: Reporter, unlogged_tokens: tuple[int, list[int]]) -> Path:
+    """A checkpoint of where training is now (with the tokens since the last log), its cost logged."""
     progress = dataclasses.replace(parts.progress, tokens_seen=parts.progress.tokens_seen + unlogged_tokens[0],
                                    tokens_by_source=sources_added(parts, unlogged_tokens[1]))
     extra = {"stream": parts.position.snapshot()} if isinstance(parts.position, stream.StreamBlocks) else {}
     path = parts.checkpointer.save(parts.engine, parts.module, parts.prepared.tokenizer, progress, extra)
     reporter.log(progress.step, parts.checkpointer.figures())
-    if not final:  # the last one is logged as the exported final model
-        reporter.model_saved(path, progress.step, final=False, facts=artifact_facts(parts, progress))
     return path
+
+
+def log_checkpoint(config: RunConfig, parts: Parts, reporter: Reporter, path: Path) -> None:
+    """--wandb_log_model checkpoint: the checkpoint as a W&B model artifact. Rank 0 consolidates and stages it
+    while the other ranks wait outside any collective (whose --dist_timeout a large model could outlast)."""
+    if config.logging.log_model != "checkpoint":
+        return
+    step = parts.progress.step
+    reporter.model_saved(path, step, final=False, facts=artifact_facts(parts, parts.progress))
+    dist.wait_all(f"artifact/{step}", "rank 0 to log the checkpoint to W&B")
 
 
 def artifact_facts(parts: Parts, progress: Progress) -> dict[str, Any]:
@@ -263,9 +272,12 @@ def loop(config: RunConfig, parts: Parts, reporter: Reporter, guard: nonfinite.G
         if parts.evaluator.should_eval(progress.step, total):
             reporter.evaluated(progress.step, parts.evaluator(eng))
         saved = parts.checkpointer.should_save(progress.step, total)
+        stopping = progress.step != total and stop.agreed()
         if saved:
-            save(parts, reporter, unlogged(window))
-        if progress.step != total and stop.agreed():
+            path = save(parts, reporter, unlogged(window))
+            if not stopping:  # a job told to stop has a grace period to leave in, not to upload a model
+                log_checkpoint(config, parts, reporter, path)
+        if stopping:
             path = (parts.checkpoints.root / checkpoint.tag(progress.step) if saved
                     else save(parts, reporter, unlogged(window)))
             raise Stopped(f"stopped by {stop.requested or 'a signal on another rank'} at step {progress.step}; "
@@ -376,7 +388,7 @@ def finish(parts: Parts, reporter: Reporter, out: Path, seconds: float, started_
     reporter.end_progress()
     after = parts.evaluator(parts.engine)
     reporter.evaluated(progress.step, after, when="after")
-    final = save(parts, reporter, (0, []), final=True)  # the last step is a logging step: no tokens are unlogged
+    final = save(parts, reporter, (0, []))  # the last step is a logging step: no tokens are unlogged
     if dist.is_main():
         export(final, out / "final", check=False, overwrite=True)
         reporter.model_saved(out / "final", progress.step, final=True, facts=artifact_facts(parts, progress))
@@ -443,8 +455,11 @@ def write_run_files(config: RunConfig, parts: Parts, ds: dict[str, Any], reporte
             outdir.clear_results(out)
         (out / "ds_config.json").write_text(json.dumps(ds, indent=2))
         # Settings only, by section: the file is itself a valid --config that reproduces the run.
-        (out / "run_config.json").write_text(json.dumps(redact.redact(config.to_dict()), indent=2))
-        write_run_facts(out, parts)
+        (out / "run_config.json").write_text(json.dumps(redact.redact(
+            {**config.to_dict(), GIVEN_KEY: sorted(config.given)}), indent=2))
+        f["started"] = write_run_facts(out, parts)  # rank 0's results.json counts its wall time from it
+        for scratch in out.glob(f"{SCRATCH_PREFIX}*"):  # a consolidated copy a kill left behind
+            shutil.rmtree(scratch, ignore_errors=True)
     n_train = "streamed" if config.data.streaming else len(parts.prepared.train)
     n_eval = sum(len(v) for v in parts.prepared.eval_sets().values())
     ranks = f"{f['world_size']} rank{'s' if f['world_size'] > 1 else ''} on {metrics.device_name()}"
@@ -456,10 +471,10 @@ def write_run_files(config: RunConfig, parts: Parts, ds: dict[str, Any], reporte
                                           t.save_total_limit))
 
 
-def write_run_facts(out: Path, parts: Parts) -> None:
+def write_run_facts(out: Path, parts: Parts) -> float:
     """run.json: what the run is, settled at its start (what `dslm runs` shows of a run still training), and
-    when its first process began (a resumed run keeps it)."""
-    path = out / outdir.RUN_FACTS
+    when its first process began (a resumed run keeps it); returns that time."""
+    path = out / run_files.RUN_FACTS
     started = None
     if parts.found and path.exists():
         with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -467,9 +482,10 @@ def write_run_facts(out: Path, parts: Parts) -> None:
     f = parts.facts
     facts = {key: f[key] for key in ("objective", "model_type", "parameters", "world_size", "nodes", "zero_stage",
                                      "tokens_per_step", "sources")}
-    f["started"] = started or time.time() - metrics.elapsed()  # when this process began
+    started = started or time.time() - metrics.elapsed()  # when this process began
     atomic.write_file(path, json.dumps({**facts, "total_steps": parts.schedule.total_steps,
-                                        "device": metrics.device_name(), "started": f["started"]}, indent=2))
+                                        "device": metrics.device_name(), "started": started}, indent=2))
+    return started
 
 
 def already_trained(parts: Parts, out: Path, reporter: Reporter) -> dict[str, Any]:
@@ -480,6 +496,9 @@ def already_trained(parts: Parts, out: Path, reporter: Reporter) -> dict[str, An
     if dist.is_main() and not (out / "final").exists():
         export(parts.found.path, out / "final", check=False)
         reporter.say(f"exported {parts.found.path} to {out / 'final'}")
+        if reporter.log_model != "false":  # its W&B run had ended with the kill
+            reporter.warn(f"the final model was not logged to W&B (the run stopped before it could be): log "
+                          f"{out / 'final'} by hand if you need it")
     dist.wait_all("exported", "rank 0 to export the model")
     results = dist.broadcast(reporter.results())  # only rank 0's Reporter reads files
     if not results:  # the final figures from the checkpoint and the log; the training time is not known

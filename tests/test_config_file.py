@@ -30,19 +30,28 @@ def test_flat_yaml_and_the_command_line_over_it(tmp_path):
     assert {"learning_rate", "max_steps", "whole_word_mask"} <= config.given
 
 
-def test_a_value_equal_to_the_default_is_not_given(tmp_path):
-    """run_config.json lists every flag: its defaults stay defaults (a DeepSpeed JSON may set them)."""
+def test_every_key_of_a_file_people_write_counts_as_given(tmp_path):
+    """A value written in the file is a choice, even when it is the default: a DeepSpeed JSON may not overrule it."""
     path = write(tmp_path / "c.json", json.dumps({"learning_rate": 5e-4, "seed": 42, "max_steps": 3}))
-    assert RunConfig.from_flags(config=path).given == {"max_steps"}
+    assert RunConfig.from_flags(config=path).given == {"learning_rate", "seed", "max_steps"}
 
 
-def test_run_config_json_by_section_reads_back_as_the_same_config(tmp_path):
-    config = RunConfig.from_flags(max_steps=11, model_type="gpt2", learning_rate=3e-4, report_to="none",
-                                  validation_file=None)
-    path = write(tmp_path / "run_config.json", json.dumps(config.to_dict(), indent=2))
+def test_a_file_value_that_the_deepspeed_json_contradicts_is_refused(capsys, tmp_path):
+    ds = write(tmp_path / "ds.json", json.dumps({"optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
+                                                  "zero_optimization": {"stage": 2}}))
+    path = write(tmp_path / "c.yaml", "learning_rate: 5.0e-4\n")  # the default, written down
+    code, err = run_cli(capsys, "train", "--config", path, "--deepspeed", ds, "--output_dir", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "sets optimizer.params.lr=0.001 but --learning_rate is 0.0005")
+
+
+def test_run_config_json_says_which_flags_its_run_was_given(tmp_path):
+    config = RunConfig.from_flags(max_steps=11, model_type="gpt2", learning_rate=3e-4, report_to="none")
+    path = write(tmp_path / "run_config.json", json.dumps({**config.to_dict(), "given": sorted(config.given)}))
     again = RunConfig.from_flags(config=path)
     assert again.to_dict() == config.to_dict()
-    assert again.given == {"max_steps", "model_type", "learning_rate", "report_to"}
+    assert again.given == {"max_steps", "model_type", "learning_rate", "report_to"}  # the rest stay defaults
+    again = RunConfig.from_flags(config=path, seed=7)
+    assert again.given == {"max_steps", "model_type", "learning_rate", "report_to", "seed"}
 
 
 @pytest.mark.parametrize("name, text, message", [
@@ -58,6 +67,8 @@ def test_run_config_json_by_section_reads_back_as_the_same_config(tmp_path):
     ("c.json", '{"max_steps": 3, "train": {"max_steps": 4}}', "'max_steps' is given twice: keep one"),
     ("c.txt", "just some words\n", "is not a mapping of flag names to values"),
     ("c.yaml", "config: other.yaml\n", "unknown key 'config'"),
+    ("c.yaml", "on_nan: no\n", "on_nan expects str, got False (YAML reads yes/no/on/off/true/false unquoted"),
+    ("c.json", '{"max_steps": 3, "given": "max_steps"}', "'given' must be a list of flag names"),
 ])
 def test_bad_config_files_get_one_line_and_write_nothing(capsys, tmp_path, name, text, message):
     out = tmp_path / "out"
@@ -84,7 +95,7 @@ def test_a_file_value_is_checked_as_the_flag_is(capsys, tmp_path):
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_the_example_configs_are_valid(path):
-    flags = file_flags(str(path))
+    flags, _ = file_flags(str(path))
     config = RunConfig.from_flags(config=str(path))
     assert config.train.max_steps == flags["max_steps"] > 0 and config.model.objective in ("mlm", "clm", "plm")
     assert (ROOT / config.train.deepspeed).is_file()
@@ -92,7 +103,7 @@ def test_the_example_configs_are_valid(path):
 
 def test_the_examples_cover_the_common_jobs():
     jobs = {(f.get("model_name_or_path") or f.get("model_type"), f["objective"], f["deepspeed"])
-            for f in map(file_flags, map(str, EXAMPLES))}
+            for f, _ in map(file_flags, map(str, EXAMPLES))}
     assert jobs == {("bert-base-uncased", "mlm", "ds_configs/zero2.json"), ("gpt2", "clm", "ds_configs/zero2.json"),
                     ("xlnet-base-cased", "plm", "ds_configs/zero2.json"), ("llama", "clm", "ds_configs/zero3.json")}
 
@@ -119,7 +130,7 @@ SMALL = ["--max_seq_length", "64", "--per_device_train_batch_size", "2", "--per_
 @pytest.mark.slow
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_each_example_config_trains(tmp_path, path):
-    flags = file_flags(str(path))
+    flags, _ = file_flags(str(path))
     out = tmp_path / "out"
     if "model_name_or_path" in flags:
         family = {"bert-base-uncased": "bert", "gpt2": "gpt2", "xlnet-base-cased": "xlnet"}[flags["model_name_or_path"]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -9,6 +10,7 @@ import time
 import pytest
 
 from dslm.report import Reporter
+from dslm.trackers import WandbRun
 
 
 def rows(reporter: Reporter) -> list[dict]:
@@ -52,7 +54,7 @@ def test_log_appends_json_lines(tmp_path):
 
 def test_train_figures_print_a_line_without_a_terminal(tmp_path, capsys):
     r = Reporter(tmp_path, enabled=True)
-    r.start(total_steps=10, step=0, trackers=[])  # stderr is captured, not a tty: tqdm disables the bar
+    r.start(total_steps=10, step=0, opened=[])  # stderr is captured, not a tty: tqdm disables the bar
     assert r.bar is not None and r.bar.disable is True
     r.log(5, train_figures(2.5))
     r.log(6, train_figures(None))
@@ -131,7 +133,7 @@ def test_results_of_a_run_without_results(tmp_path):
 def test_disabled_reporter_writes_and_prints_nothing(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text('{"step": 9}\n')  # another rank's view of rank 0's file
     r = Reporter(tmp_path, enabled=False, logging_steps=1)
-    r.start(total_steps=10, step=0, trackers=[])
+    r.start(total_steps=10, step=0, opened=[])
     r.say("hello")
     r.warn("careful")
     r.resumed(3)
@@ -163,7 +165,7 @@ class FakeWandb:
 def test_wandb_gets_one_call_per_step(tmp_path, capsys):
     run = FakeWandb()
     r = Reporter(tmp_path, enabled=True)
-    r.start(total_steps=10, step=0, trackers=[run])
+    r.start(total_steps=10, step=0, opened=[run])
     r.log(5, train_figures(2.5))
     r.log(5, {"eval/loss": 2.0, "checkpoint/save_seconds": None})  # None is not sent
     assert run.logged == []  # the step may get more figures
@@ -188,7 +190,7 @@ def test_a_wandb_service_that_died_does_not_end_the_run(tmp_path, capsys):
             raise BrokenPipeError("the service is gone")
 
     r = Reporter(tmp_path, enabled=True)
-    r.start(total_steps=4, step=0, trackers=[Dead()])
+    r.start(total_steps=4, step=0, opened=[Dead()])
     r.log(1, {"eval/loss": 1.0})
     r.log(2, {"eval/loss": 0.9})  # a new step sends the last one: W&B fails, once
     r.log(3, {"eval/loss": 0.8})
@@ -196,3 +198,61 @@ def test_a_wandb_service_that_died_does_not_end_the_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("warning: W&B stopped (BrokenPipeError: the service is gone); the run goes on") == 1
     assert [row["step"] for row in rows(r)] == [1, 2, 3]
+
+
+class ArtifactWandb(WandbRun):
+    """A W&B run that records the model directories it is given (no wandb process)."""
+
+    def __init__(self) -> None:
+        self.models: list[tuple[list[str], dict, list[str]]] = []
+
+    def log(self, step: int, figures: dict) -> None:
+        pass
+
+    def log_model(self, directory, aliases, metadata) -> None:
+        self.models.append((aliases, metadata, sorted(p.name for p in directory.iterdir())))
+
+
+@pytest.mark.parametrize("mode, logged", [("false", []), ("end", [["latest", "step-8", "final"]]),
+                                          ("checkpoint", [["latest", "step-4"], ["latest", "step-8", "final"]])])
+def test_which_models_each_mode_logs(tmp_path, monkeypatch, mode, logged):
+    from dslm import export
+
+    @contextlib.contextmanager
+    def temporary(checkpoint_dir):  # the consolidation itself is export's (tests/test_checkpoint.py)
+        model = tmp_path / "consolidated"
+        model.mkdir(exist_ok=True)
+        (model / "model.safetensors").write_text(checkpoint_dir.name)
+        yield model
+
+    monkeypatch.setattr(export, "temporary", temporary)
+    final = tmp_path / "final"
+    final.mkdir()
+    (final / "config.json").write_text("{}")
+    run = ArtifactWandb()
+    r = Reporter(tmp_path, enabled=True, log_model=mode)
+    r.start(total_steps=8, step=0, opened=[run])
+    r.log(4, {"eval/loss": 2.5})
+    r.model_saved(tmp_path / "checkpoints" / "step-00000004", 4, final=False, facts={"objective": "clm"})
+    r.log(8, {**train_figures(2.0), "eval/loss": 2.25})
+    r.model_saved(final, 8, final=True, facts={"objective": "clm"})
+    assert [aliases for aliases, _, _ in run.models] == logged
+    for aliases, metadata, files in run.models:
+        step = int(aliases[1].removeprefix("step-"))
+        assert metadata["step"] == step and metadata["objective"] == "clm"
+        assert metadata["eval/loss"] == {4: 2.5, 8: 2.25}[step]
+        assert files == (["config.json"] if "final" in aliases else ["model.safetensors"])
+
+
+def test_a_model_that_cannot_be_logged_is_a_warning(tmp_path, capsys):
+    class Failing(ArtifactWandb):
+        def log_model(self, directory, aliases, metadata) -> None:
+            raise OSError("no space left on device")
+
+    run = Failing()
+    r = Reporter(tmp_path, enabled=True, log_model="end")
+    r.start(total_steps=2, step=0, opened=[run])
+    r.model_saved(tmp_path, 2, final=True, facts={})
+    assert "warning: the model of step 2 was not logged to W&B (OSError: no space left on device); the run goes on" \
+        in capsys.readouterr().out
+    assert r.trackers == [run]  # the run's metrics still go to W&B

@@ -130,10 +130,13 @@ def test_report_to_lists_and_all(monkeypatch):
     assert LoggingConfig(report_to="wandb,tensorboard").trackers == ["wandb", "tensorboard"]
     assert LoggingConfig(report_to=" tensorboard ").trackers == ["tensorboard"]
     assert LoggingConfig(report_to="none").trackers == []
-    assert LoggingConfig(report_to="all").trackers == ["wandb", "tensorboard"]  # both installed here
     real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "tensorboard" else real(name))
+    assert LoggingConfig(report_to="all").trackers == ["wandb", "tensorboard"]
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name))
     assert LoggingConfig(report_to="all").trackers == ["wandb"]
+    with pytest.raises(ConfigError, match="--report_to is empty"):
+        LoggingConfig(report_to=" , ").check()
     with pytest.raises(ConfigError, match=r"TensorBoard is not installed: pip install tensorboard"):
         LoggingConfig(report_to="wandb,tensorboard").check()
 
@@ -170,6 +173,12 @@ def test_tensorboard_writes_each_figure_at_its_step(tmp_path):
     assert scalars(tmp_path / "tensorboard", "train/loss") == [(2, 5.5), (4, 5.25)]
     assert scalars(tmp_path / "tensorboard", "train/tokens_seen") == [(2, 128.0)]
     assert scalars(tmp_path / "tensorboard", "eval/perplexity") == [(4, 190.0)]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    (config,) = events.Tensors("config/text_summary")
+    assert config.step == 0 and b'"learning_rate": 0.001' in config.tensor_proto.string_val[0]
 
 
 def test_a_resumed_run_replaces_what_the_interrupted_one_logged_after_its_checkpoint(tmp_path):
@@ -186,3 +195,13 @@ def test_a_resumed_run_replaces_what_the_interrupted_one_logged_after_its_checkp
     assert scalars(tmp_path / "tensorboard", "train/loss") == [
         (1, 9.0), (2, 8.0), (3, 7.0), (4, 6.0), (5, 5.0), (6, 94.0), (7, 93.0), (8, 92.0), (9, 91.0)]
     assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 2
+
+
+def test_artifacts_asked_while_wandb_is_disabled_say_so(monkeypatch, tmp_path):
+    from dslm.config import RunConfig
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    said = []
+    config = RunConfig.from_flags(wandb_log_model="end", report_to="wandb")
+    assert trackers.start(config, {}, {}, tmp_path, None, said.append) == []
+    assert said == ["warning: W&B is disabled (WANDB_MODE): --wandb_log_model end logs no model"]
