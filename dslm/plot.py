@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 from pathlib import Path
 from typing import Any
 
 from dslm.errors import ConfigError
+from dslm.run_files import read_metrics
 
 PANELS = [("train/loss", "train loss"), ("eval/loss", "eval loss"), ("eval/perplexity", "eval perplexity"),
           ("perf/tokens_per_second", "tokens/s")]
@@ -17,11 +16,7 @@ def read(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise ConfigError(f"{run_dir} has no metrics.jsonl: give the --output_dir of a dslm run")
-    rows = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(ValueError):  # a line torn by a kill (a run in progress may be read too)
-            rows.append(json.loads(line))
-    return [row for row in rows if isinstance(row, dict)]
+    return read_metrics(path)
 
 
 def tokens_at_steps(rows: list[dict[str, Any]]) -> dict[int, float]:

@@ -9,7 +9,6 @@ tokenizer training (tokenizer.train_once).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 from dslm import atomic
 from dslm.errors import first_line
-from dslm.run_files import set_names
+from dslm.run_files import read_metrics, set_names
 from dslm.trackers import TensorBoardRun, WandbRun
 
 
@@ -84,8 +83,7 @@ class Reporter:
         """A resumed run logs from `step` on: drop what the interrupted run logged after its checkpoint."""
         if not self.enabled or not self.metrics.exists():
             return
-        kept = [row for row in self._rows() if isinstance(row, dict) and isinstance(row.get("step"), int)
-                and row["step"] <= step]
+        kept = [row for row in self._rows() if isinstance(row.get("step"), int) and row["step"] <= step]
         atomic.write_file(self.metrics, "".join(json.dumps(row) + "\n" for row in kept))
 
     def log(self, step: int, figures: dict[str, Any]) -> None:
@@ -170,11 +168,7 @@ class Reporter:
         return json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
 
     def _rows(self) -> list[dict[str, Any]]:
-        rows = []
-        for line in self.metrics.read_text().splitlines() if self.metrics.exists() else []:
-            with contextlib.suppress(json.JSONDecodeError):  # a line torn by a kill
-                rows.append(json.loads(line))
-        return rows
+        return read_metrics(self.metrics)
 
     def logged(self, key: str) -> Any:
         """The last value of `key` in metrics.jsonl (rank 0), or None."""

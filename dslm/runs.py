@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dslm.errors import ConfigError
-from dslm.run_files import RUN_FACTS, set_names
+from dslm.run_files import RUN_FACTS, read_metrics, set_names
 
 FORMATS = ("markdown", "csv", "json")
 # Settings that differ between any two runs and say nothing about how they trained.
@@ -45,18 +45,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return {}
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl's rows; a line torn by a kill (the last one) is skipped."""
-    rows = []
-    with contextlib.suppress(OSError):
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                row = json.loads(line)
-                if isinstance(row, dict):
-                    rows.append(row)
-    return rows
-
-
 def load(run_dir: str) -> Run:
     path = Path(run_dir)
     if not path.is_dir():
@@ -68,7 +56,7 @@ def load(run_dir: str) -> Run:
     sections = _read_json(path / "run_config.json")
     config = {name: value for section in sections.values() if isinstance(section, dict)
               for name, value in section.items()}
-    return Run(run_dir, config, _read_json(path / RUN_FACTS), _read_metrics(path / "metrics.jsonl"),
+    return Run(run_dir, config, _read_json(path / RUN_FACTS), read_metrics(path / "metrics.jsonl"),
                _read_json(path / "results.json"))
 
 

@@ -142,6 +142,7 @@ def train_once(directory: Path, family: str, vocab_size: int, texts: Callable[[]
     dist.wait_all(f"tokenizer/{directory.name}", "each node to store the tokenizer")
     return load(str(directory))
 
+
 def _home_as_tilde(path: Path) -> str:
     home = Path.home()
     return f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)

@@ -406,8 +406,8 @@ def results_of(parts: Parts, started_at: tuple[int, int], seconds: float | None,
     session_tokens = progress.tokens_seen - start_tokens  # a resumed run's rate is of what it trained itself
     return {
         "objective": f["objective"], "model_type": f["model_type"], "parameters": f["parameters"],
-        "world_size": f["world_size"],
-        "nodes": f["nodes"], "zero_stage": f["zero_stage"], "data_fingerprint": f["data_fingerprint"],
+        "world_size": f["world_size"], "nodes": f["nodes"], "zero_stage": f["zero_stage"],
+        "data_fingerprint": f["data_fingerprint"],
         "resumed_from_step": start_step or None,
         "sources": {name: {"weight": weight, "tokens": progress.tokens_by_source.get(name, 0)}
                     for name, weight in (f["sources"] or {}).items()} or None,
