@@ -54,10 +54,20 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT,
     proc = subprocess.run([sys.executable, "-c", wrapper, args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout + 60, env={**os.environ, "PYTHONPATH": os.pathsep.join(
                               p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)})
+    _drop_shm_segments(cmd)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT")), None)
     if line is None:
         raise RuntimeError(f"benchmark wrapper failed: {proc.stderr[-3000:]}")
     return Measured(**json.loads(line[len("BENCH_RESULT"):]))
+
+
+def _drop_shm_segments(cmd: list[str]) -> None:
+    """The Trainer's runs leave DeepSpeed's CPU comm buffers in /dev/shm (66 MB per rank, in RAM; dslm unlinks
+    its own): over a benchmark's dozens of runs they filled 6 GB and the next GPT-2 124M run was OOM-killed."""
+    if "--master_port" in cmd:
+        port = cmd[cmd.index("--master_port") + 1]
+        for path in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
+            path.unlink(missing_ok=True)
 
 
 def as_ranks(script: str, args: object, nproc: int) -> object:

@@ -76,6 +76,7 @@ def main() -> None:
     args = parse()
     gloo_without_gpus()
     import datasets
+    import torch
     import transformers
     from transformers import (
         AutoModelForCausalLM,
@@ -95,7 +96,9 @@ def main() -> None:
         learning_rate=args.learning_rate, bf16=args.bf16, torch_compile=args.torch_compile, seed=args.seed,
         deepspeed=args.deepspeed,
         save_strategy="no", eval_strategy="no", report_to="none", logging_steps=args.max_steps,
-        disable_tqdm=True, local_rank=args.local_rank)
+        disable_tqdm=True, local_rank=args.local_rank,
+        # the Trainer refuses bf16 without a GPU unless told it runs on the CPU (run_*lm.py users pass --use_cpu)
+        use_cpu=args.bf16 and not torch.cuda.is_available())
     transformers.set_seed(args.seed)
 
     # run_*lm.py: raw text -> tokenize map -> group_texts map (their code, condensed).

@@ -32,7 +32,8 @@ def bare_step_time(config, warmup: int, steps: int) -> float:
     from dslm import dist
 
     run, _ = built.build(config)
-    batches = [b for b, _ in zip(run.loader, range(steps), strict=False)]
+    # the loader gives lists of samples; dslm's loop collates them (masks drawn) in this process
+    batches = [run.collate(samples) for samples, _ in zip(run.loader, range(steps), strict=False)]
     run.engine.train()
     for i, batch in enumerate(batches):
         if i == warmup:

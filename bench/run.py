@@ -39,6 +39,9 @@ BENCHES = {  # name -> (command, quick extra flags)
                       ["--size_gb", "0.2", "--repeats", "1"]),
     "head_memory": (["-m", "bench.head_memory", "--out", str(RESULTS / "head_memory.json")],
                     ["--layers", "2", "--repeats", "1"]),
+    "train_bf16": (["-m", "bench.train_bench", "--zero", "zero2", "--bf16", "--out", str(RESULTS / "train_bf16.json")],
+                   ["--steps", "6", "--repeats", "1"]),
+    "attention": (["-m", "bench.attention_bench", "--out", str(RESULTS / "attention.json")], ["--repeats", "1"]),
     "train_clm124m": (["-m", "bench.train_bench", "--objectives", "clm124m", "--zero", "zero2", "--seq", "1024",
                        "--micro", "2", "--steps", "3", "--repeats", "1", "--out", str(RESULTS / "train_clm124m.json")],
                       ["--steps", "2"]),
@@ -111,6 +114,23 @@ def summary() -> str:
         for c in train["cases"]:
             rows.append([f"peak memory per rank, {c['objective']} {c['zero']}, dslm / Trainer", "(reported)",
                          f"{c['memory_ratio']:.2f}", ""])
+    bf16 = load("train_bf16")  # bench.train_bench --bf16: both sides in bf16
+    if bf16:
+        for c in bf16["cases"]:
+            rows.append([f"training tokens/s, {c['objective']} {c['zero']} bf16, dslm / Trainer", ">= 1.2",
+                         f"{c['throughput_ratio']:.2f}", verdict(c["throughput_ratio"] >= 1.2)])
+    big = load("train_clm124m")
+    if big:
+        for c in big["cases"]:
+            rows.append(["peak memory per rank, GPT-2 124M seq 1024 micro 2, dslm / Trainer", "<= 0.6",
+                         f"{c['memory_ratio']:.2f}", verdict(c["memory_ratio"] <= 0.6)])
+            rows.append(["training tokens/s, GPT-2 124M seq 1024 micro 2, dslm / Trainer", "(reported)",
+                         f"{c['throughput_ratio']:.2f}", ""])
+    attn = load("attention")
+    if attn:
+        for c in attn["cases"]:
+            rows.append([f"attention with dropout, {c['shape']}, block / SDPA: time; kept for the backward",
+                         "(reported)", f"{c['time_ratio']:.2f}; {c['kept_ratio']:.2f}", ""])
     compiled = load("train_compile")  # bench.train_bench --dslm_flags=--torch_compile
     if compiled:
         for c in compiled["cases"]:

@@ -124,17 +124,19 @@ def main() -> None:
     p.add_argument("--micro", type=int, default=8)
     p.add_argument("--vocab_size", type=int, default=8000)
     p.add_argument("--dslm_flags", default="", help="extra dslm flags, e.g. --torch_compile")
+    p.add_argument("--bf16", action="store_true", help="both sides in bf16 mixed precision")
     args = p.parse_args()
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     paths = prepare(work, args.vocab_size)
     tokens_per_step = args.micro * args.nproc * args.seq
     results = {"machine": common.machine(), "settings": vars(args), "cases": []}
+    both = ["--bf16"] if args.bf16 else []
     for objective in args.objectives.split(","):
         for zero in args.zero.split(","):
             sides = {"dslm": lambda o=objective, z=zero: dslm_cmd(CASES[o], paths, work, args, z,
-                                                                  args.dslm_flags.split()),
-                     "hf": lambda o=objective, z=zero: hf_cmd(CASES[o], paths, work, args, z)}
+                                                                  [*args.dslm_flags.split(), *both]),
+                     "hf": lambda o=objective, z=zero: hf_cmd(CASES[o], paths, work, args, z, both)}
             figures: dict[str, list[dict]] = {"dslm": [], "hf": []}
             for repeat in range(args.repeats + 1):  # repeat 0 warms caches and JIT builds: not counted
                 order = ["dslm", "hf"] if repeat % 2 == 0 else ["hf", "dslm"]
@@ -171,7 +173,8 @@ def report(results: dict) -> str:
              c["hf_rank_first_step_s"], c["rank_first_step_ratio"], c["dslm_peak_rss_mb"], c["hf_peak_rss_mb"],
              c["memory_ratio"]] for c in results["cases"]]
     s = results["settings"]
-    head = (f"{s['nproc']} ranks, seq {s['seq']}, micro batch {s['micro']}, {s['steps']} steps, median of "
+    head = (f"{s['nproc']} ranks, {'bf16' if s.get('bf16') else 'fp32'}, seq {s['seq']}, micro batch {s['micro']}, "
+            f"{s['steps']} steps, median of "
             f"{s['repeats']} alternating runs per side")
     return head + "\n\n" + common.table(
         ["objective", "ZeRO", "dslm tok/s", "Trainer tok/s", "ratio", "dslm first step s (launch)",

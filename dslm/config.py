@@ -138,6 +138,12 @@ class TrainConfig:
     chunked_cross_entropy: bool = _help("clm/plm: the output projection and the loss a chunk of rows at a time, "
                                         "never the whole logits (the same loss and gradients, far less memory); "
                                         "false: the plain head", True)
+    block_attention: bool = _help("CPU training with attention dropout: attention a block of query rows at a time, "
+                                  "keeping no sequence x sequence tensor for the backward (SDPA takes its "
+                                  "memory-hungry math path there); false: SDPA as transformers calls it", True)
+    fused_gelu: bool = _help("compute gelu_new (GPT-2's activation) with PyTorch's one-kernel tanh GELU, which "
+                             "keeps a quarter of the memory for the backward; false: transformers' Python "
+                             "formula", True)
     profile: str | None = _help("profile optimizer steps A-B (or one step N): a torch.profiler trace in "
                                 "OUTPUT_DIR/profile for Perfetto and TensorBoard, and the top operators at the end "
                                 "(rank 0)")

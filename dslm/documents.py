@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from dslm import attention
 from dslm.errors import ConfigError
 
 # Only the families whose packed losses tests/test_documents.py shows equal to each document's own: decoders get
@@ -67,7 +68,7 @@ def attention_mask_4d(position_ids: torch.Tensor, dtype: torch.dtype, impl: str)
     """
     document = (position_ids == 0).cumsum(dim=1)
     same = (document[:, :, None] == document[:, None, :]).unsqueeze(1)
-    if impl == "sdpa":
+    if impl in ("sdpa", attention.NAME):
         return same
     if impl == "eager":
         return torch.zeros(same.shape, dtype=dtype, device=same.device).masked_fill(~same, torch.finfo(dtype).min)

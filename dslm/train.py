@@ -18,7 +18,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from dslm import (
+    activations,
     atomic,
+    attention,
     checkpoint,
     dist,
     documents,
@@ -150,6 +152,10 @@ def build(config: RunConfig, start: Start, reporter: Reporter) -> Parts:
                            source=start.ds_source)
     with model.partitioned(ds):
         module = model.build(config, spec, prepared.tokenizer)
+    if t.block_attention and not t.torch_compile:  # a compiled graph gets SDPA, which dynamo knows
+        attention.use(module)
+    if t.fused_gelu:
+        activations.fuse(module)
     resume_from = checkpoint.load_dir(found, ds, world, reporter.say) if found else None
     # ZeRO-3's partitioned backward expects the projection's own output in the graph: the plain head there
     forward = objectives.Forward(module, spec.objective,

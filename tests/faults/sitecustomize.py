@@ -38,9 +38,10 @@ def reached(phase: str) -> None:
     COUNTS[phase] = COUNTS.get(phase, 0) + 1
     if COUNTS[phase] == int(nth):
         mark = os.environ.get("DSLM_TEST_KILL_MARK")
-        if mark:
-            with open(mark, "w") as f:
+        if mark:  # renamed into place: a rank killed mid-write (by another's kill) never leaves it empty
+            with open(f"{mark}.{os.getpid()}", "w") as f:
                 f.write(f"{KILL} rank {os.environ.get('RANK', '0')}")
+            os.replace(f"{mark}.{os.getpid()}", mark)
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
