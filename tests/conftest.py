@@ -12,6 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# The in-process tests run torch on one thread. Tests that fork a dslm run (tests/forked.py) come after some that
+# compute in this process; with 2 threads here, the OpenMP pool they started is inherited by every forked child
+# and its first parallel op waits forever on threads that do not exist there (seen: a forked run stuck in
+# DeepSpeed's optimizer set-up after tests/test_attention.py). With one thread no pool is ever started here.
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = str(ROOT / "launch" / "train.py")
