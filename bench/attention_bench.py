@@ -15,7 +15,7 @@ import time
 import torch
 
 from bench import common
-from dslm import attention
+from dslm import attention, profile
 
 SHAPES = {  # batch, heads, sequence, head size, causal
     "gpt2-124m-1024": (2, 12, 1024, 64, True),
@@ -36,16 +36,8 @@ def blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, drop
 def measure(fn, shape: tuple, dropout: float) -> tuple[float, int]:
     b, h, t, d, causal = shape
     q, k, v = (torch.randn(b, h, t, d, requires_grad=True) for _ in range(3))
-    kept = 0
-
-    def pack(x: torch.Tensor) -> torch.Tensor:
-        nonlocal kept
-        kept += x.numel() * x.element_size()
-        return x
-
     start = time.perf_counter()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-        out = fn(q, k, v, causal, dropout)
+    out, kept = profile.kept_for_backward(lambda: fn(q, k, v, causal, dropout))
     out.sum().backward()
     return time.perf_counter() - start, kept
 

@@ -4,7 +4,9 @@ and a short table of the operators that took the time."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -64,3 +66,18 @@ class StepProfiler:
         first, last = self.steps
         return (f"profile of steps {first}-{last} (rank 0): {self.trace} (open it in Perfetto, ui.perfetto.dev, or "
                 f"TensorBoard with the profiler plugin: tensorboard --logdir {self.out_dir})\n{self.table}")
+
+
+def kept_for_backward(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """fn's result and the bytes autograd saves for the backward while it runs (saved-tensor hooks: what a
+    backward will hold, whatever the allocator does)."""
+    total = 0
+
+    def pack(x: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += x.numel() * x.element_size()
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        result = fn()
+    return result, total

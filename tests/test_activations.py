@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from dslm import activations
+from dslm import activations, profile
 
 CONFIG = GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=100, bos_token_id=0, eos_token_id=0,
                     attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0)
@@ -22,15 +22,7 @@ def test_gpt2s_gelu_in_one_kernel_gives_the_same_loss_and_gradients_and_keeps_le
     ids = torch.randint(0, 100, (2, 64))
     saved = []
     for model in (plain, fused):
-        total = 0
-
-        def pack(x):
-            nonlocal total
-            total += x.numel() * x.element_size()
-            return x
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-            loss = model(input_ids=ids, labels=ids).loss
+        loss, total = profile.kept_for_backward(lambda m=model: m(input_ids=ids, labels=ids).loss)
         loss.backward()
         saved.append((loss.item(), total))
     assert saved[1][0] == pytest.approx(saved[0][0], rel=1e-6)

@@ -16,7 +16,7 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from dslm import attention
+from dslm import attention, profile
 
 
 def reference(q, k, v, mask, causal, dropout, scale, keeps):
@@ -81,21 +81,9 @@ def test_the_backward_keeps_no_sequence_by_sequence_tensor():
     b, h, t, d = 2, 4, 512, 16
     q, k, v = (torch.randn(b, h, t, d, requires_grad=True) for _ in range(3))
 
-    def saved_bytes(fn) -> int:
-        total = 0
-
-        def pack(x):
-            nonlocal total
-            total += x.numel() * x.element_size()
-            return x
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-            fn()
-        return total
-
-    math = saved_bytes(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=0.1,
-                                                                                 is_causal=True))
-    blocks = saved_bytes(lambda: attention.BlockAttention.apply(q, k, v, None, True, 0.1, d ** -0.5))
+    _, math = profile.kept_for_backward(lambda: torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, dropout_p=0.1, is_causal=True))
+    _, blocks = profile.kept_for_backward(lambda: attention.BlockAttention.apply(q, k, v, None, True, 0.1, d ** -0.5))
     square = b * h * t * t
     assert math >= 2 * square * 4  # at least the scores' and the probabilities' fp32
     # q, k, v, out in fp32 and one byte per causal entry (blocks of 128: half the square plus the diagonal blocks)
