@@ -142,8 +142,7 @@ class TrainConfig:
                                   "keeping no sequence x sequence tensor for the backward (SDPA takes its "
                                   "memory-hungry math path there); false: SDPA as transformers calls it", True)
     fused_gelu: bool = _help("compute gelu_new (GPT-2's activation) with PyTorch's one-kernel tanh GELU, which "
-                             "keeps a quarter of the memory for the backward; false: transformers' Python "
-                             "formula", True)
+                             "keeps only its input for the backward; false: transformers' Python formula", True)
     profile: str | None = _help("profile optimizer steps A-B (or one step N): a torch.profiler trace in "
                                 "OUTPUT_DIR/profile for Perfetto and TensorBoard, and the top operators at the end "
                                 "(rank 0)")

@@ -229,8 +229,8 @@ class Forward:
         else:
             logits = model(**inputs).logits
             if self.objective == "clm":  # position t predicts t + 1; the last position predicts nothing
-                # (shifting the labels, not slicing the logits: a sliced copy and its zero-filled gradient cost
-                # as much as the log-softmax here)
+                # (shifting the labels, not slicing the logits, spares a copy of the logits and its zero-filled
+                # gradient)
                 labels = torch.cat([labels[:, 1:], labels.new_full((len(labels), 1), -100)], dim=1)
         labels = labels.to(device, non_blocking=True)
         loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
